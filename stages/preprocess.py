@@ -1,0 +1,44 @@
+"""Stage preprocess: read the labelled set, hold out validation by patient, crop and resize every image."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from retinopathy.sources import SOURCES, read_source
+from retinopathy.params import check_known, get, load_params
+from retinopathy.preprocessing import CropSettings, build_processed_set
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", default="data/processed")
+    parser.add_argument("--balance", default="metrics/label_balance.json")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    check_known(params, "data", ["source", "root", "val_fraction"])
+    check_known(params, "preprocess", ["size", "fov_threshold", "graham", "graham_sigma", "workers"])
+    source = get(params, "data.source", str, choices=SOURCES)
+    root = Path(get(params, "data.root", str))
+    settings = CropSettings(
+        size=get(params, "preprocess.size", int),
+        fov_threshold=get(params, "preprocess.fov_threshold", int),
+        graham=get(params, "preprocess.graham", bool),
+        graham_sigma=get(params, "preprocess.graham_sigma", float),
+    )
+    tables = read_source(source, root)
+    build_processed_set(
+        tables,
+        out_dir=args.out,
+        balance_path=args.balance,
+        settings=settings,
+        val_fraction=get(params, "data.val_fraction", float),
+        seed=get(params, "seed", int),
+        workers=get(params, "preprocess.workers", int),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Stage pretrain@<arch>: backbone weights from self-supervision on the images (default) or from ImageNet."""
+
+from __future__ import annotations
+
+import argparse
+
+from retinopathy.models import ARCHITECTURES
+from retinopathy.params import check_known, get, load_params
+from retinopathy.pipeline import pretrain_backbone
+from retinopathy.pretraining import SOURCES
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data/processed")
+    parser.add_argument("--out", default=None, help="default: models/pretrained/<arch>.pt")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    check_known(params, "pretrain", ["source", "epochs", "lr", "batch_size", "weight_decay", "momentum"])
+    pretrain_backbone(
+        args.arch,
+        source=get(params, "pretrain.source", str, choices=SOURCES),
+        data_dir=args.data,
+        out=args.out or f"models/pretrained/{args.arch}.pt",
+        epochs=get(params, "pretrain.epochs", int),
+        lr=get(params, "pretrain.lr", float),
+        batch_size=get(params, "pretrain.batch_size", int),
+        weight_decay=get(params, "pretrain.weight_decay", float),
+        momentum=get(params, "pretrain.momentum", float),
+        seed=get(params, "seed", int),
+        num_workers=get(params, "num_workers", int),
+        device=get(params, "device", str),
+    )
+
+
+if __name__ == "__main__":
+    main()
