@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from retinopathy.models import ResNet, build_model
 from retinopathy.training import make_optimizer, make_schedule, train_one_epoch
 
 SOURCES = ("selfsup", "imagenet")
+METHODS = ("simclr", "rotation")
 
 
 def backbone_state(model: ResNet) -> dict[str, torch.Tensor]:
@@ -28,7 +34,10 @@ def backbone_state(model: ResNet) -> dict[str, torch.Tensor]:
 
 def load_backbone(model: ResNet, state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
     """Load backbone weights strictly: every parameter but ``fc`` must be present and match in shape."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        raise ValueError(f"{source} does not fit the model: {exc}") from exc
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
         raise ValueError(f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -66,6 +75,99 @@ def rotation_pretrain(
         stats = train_one_epoch(model, loader, opt, schedule, criterion, device, desc=f"rotation {epoch}", target_fn=_rotate_batch)
         history.append({"epoch": epoch, "pretext_loss": stats.loss, "pretext_acc": stats.acc})
         print(f"pretrain epoch {epoch}: rotation loss {stats.loss:.3f} acc {stats.acc:.3f} (chance 0.25)")
+    return model, history
+
+
+class TwoViews:
+    """Wrap a transform so each image yields two independently augmented views (SimCLR's positive pair)."""
+
+    def __init__(self, transform: "Callable[[Image.Image], torch.Tensor]") -> None:
+        self.transform = transform
+
+    def __call__(self, image: "Image.Image") -> torch.Tensor:
+        return torch.stack([self.transform(image), self.transform(image)])
+
+
+def contrastive_transform(size: int, *, mean: list[float], std: list[float]) -> "Callable[[Image.Image], torch.Tensor]":
+    """SimCLR augmentations for fundus images: crops, flips, rotations, colour casts, blur.
+
+    Colour and brightness jitter make the features ignore camera nuisances; crops force them to
+    describe local content, where the lesions are.
+    """
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.RandomResizedCrop(size, scale=(0.4, 1.0), antialias=True),
+        T.RandomHorizontalFlip(),
+        T.RandomVerticalFlip(),
+        T.RandomApply([T.ColorJitter(0.4, 0.4, 0.3, 0.05)], p=0.8),
+        T.RandomApply([T.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.3),
+        T.ToTensor(),
+        T.Normalize(mean, std),
+    ])
+
+
+def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's normalised temperature-scaled cross entropy for ``z`` of shape (2N, d), pairs (i, i+N)."""
+    z = nn.functional.normalize(z.float(), dim=1)
+    n = z.shape[0] // 2
+    logits = z @ z.T / temperature
+    logits.fill_diagonal_(float("-inf"))  # an embedding is not its own positive
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return nn.functional.cross_entropy(logits, targets)
+
+
+def simclr_pretrain(
+    arch: str,
+    loader: DataLoader,
+    *,
+    epochs: int,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    device: torch.device,
+    temperature: float = 0.2,
+    projection_dim: int = 128,
+) -> tuple[ResNet, list[dict[str, float]]]:
+    """Contrastive pretraining (Chen et al., 2020): two views of an image attract, other images repel.
+
+    ``loader`` must yield batches of shape (N, 2, C, H, W) (see :class:`TwoViews`).
+
+    Returns:
+        The backbone model (its ``fc`` is the projection head's first layer, discarded later) and
+        per-epoch contrastive loss and positive-pair retrieval accuracy.
+    """
+    model = build_model(arch, num_classes=projection_dim)
+    width = model.fc.in_features
+    model.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
+    model.to(device)
+    opt = make_optimizer("sgd", model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    schedule = make_schedule("cosine", opt, total_steps=epochs * len(loader))
+    history = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        total, hits, seen = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"simclr {epoch}", leave=False, unit="batch", dynamic_ncols=True)
+        for views, _ in bar:
+            n = views.shape[0]
+            x = torch.cat([views[:, 0], views[:, 1]]).to(device, non_blocking=True)
+            z = model(x)
+            loss = nt_xent(z, temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            schedule.step()
+            with torch.no_grad():
+                zn = nn.functional.normalize(z.float(), dim=1)
+                sim = zn @ zn.T
+                sim.fill_diagonal_(float("-inf"))
+                partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(device)
+                hits += (sim.argmax(1) == partner).sum().item()
+            total += loss.item() * 2 * n
+            seen += 2 * n
+            bar.set_postfix(loss=f"{total / seen:.3f}", top1=f"{hits / seen:.3f}")
+        history.append({"epoch": epoch, "pretext_loss": total / seen, "pretext_acc": hits / seen})
+        print(f"pretrain epoch {epoch}: contrastive loss {total / seen:.3f}, positive found first {hits / seen:.3f}")
     return model, history
 
 

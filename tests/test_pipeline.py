@@ -1,0 +1,108 @@
+"""The real dvc.yaml, end to end on tiny params in a temporary git repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = ["resnet18-true", "resnet18-false", "resnet50-true", "resnet50-false"]
+
+
+def _run(args: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout + done.stderr
+
+
+def _stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def _tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(epochs=1, batch_size=8)
+    params["synthetic"].update(train_patients=12, test_patients=5, unlabeled_patients=3, min_size=48, max_size=64)
+    params["data"]["val_fraction"] = 0.25
+    params["preprocess"].update(size=32, workers=1)
+    params["pretrain"].update(epochs=1, batch_size=8)
+    return params
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A git + DVC repository holding the project's pipeline with tiny params, reproduced once."""
+    path = tmp_path_factory.mktemp("repo")
+    for name in ("dvc.yaml", "stages", "src"):
+        src = ROOT / name
+        (shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")) if src.is_dir() else shutil.copy(src, path / name))
+    (path / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
+    _run(["git", "init", "-q"], path)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], path)
+    _run(["dvc", "init", "-q"], path)
+    path.joinpath("first.log").write_text(_run(["dvc", "repro"], path))
+    return path
+
+
+def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path) -> None:
+    ran = _stages_run((repo / "first.log").read_text())
+    expected = {"synthesize", "preprocess", "pretrain@resnet18", "pretrain@resnet50", "plot"}
+    expected |= {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS}
+    assert ran == expected
+    for variant in VARIANTS:
+        assert (repo / "models" / f"{variant}.pt").is_file()
+        metrics = json.loads((repo / "metrics" / "eval" / f"{variant}.json").read_text())
+        assert 0.0 <= metrics["accuracy"] <= 1.0 and -1.0 <= metrics["kappa"] <= 1.0
+        assert sum(map(sum, metrics["confusion"])) == metrics["n"] == 10
+    figures = sorted(p.name for p in (repo / "metrics" / "figures").glob("*.png"))
+    assert figures == ["accuracy_resnet18.png", "accuracy_resnet50.png", "confusion_resnet18.png", "confusion_resnet50.png", "summary.png"]
+    assert (repo / "dvc.lock").is_file()
+
+
+def test_second_repro_runs_nothing(repo: Path) -> None:
+    assert _stages_run(_run(["dvc", "repro"], repo)) == set()
+
+
+def test_changing_lr_reruns_only_train_evaluate_and_plot(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["lr"] = 0.0005
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = _stages_run(_run(["dvc", "repro"], repo))
+    assert ran == {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS} | {"plot"}
+
+
+def test_changing_pretraining_leaves_the_scratch_variants_alone(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["pretrain"]["lr"] = 0.02
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = _stages_run(_run(["dvc", "repro"], repo))
+    assert "synthesize" not in ran and "preprocess" not in ran
+    assert {"pretrain@resnet18", "pretrain@resnet50", "train@resnet18-true", "train@resnet50-true"} <= ran
+    assert not ran & {"train@resnet18-false", "train@resnet50-false", "evaluate@resnet18-false"}
+
+
+def test_stage_with_a_missing_params_key_fails_naming_it(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    del params["momentum"]
+    bad = repo / "bad-params.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    done = subprocess.run(
+        [sys.executable, "stages/train.py", "--arch", "resnet18", "--pretrained", "false", "--params", str(bad)],
+        cwd=repo, capture_output=True, text=True,
+    )
+    assert done.returncode != 0 and "missing key 'momentum'" in done.stderr
+
+
+def test_unknown_architecture_is_refused_by_the_stage(repo: Path) -> None:
+    done = subprocess.run([sys.executable, "stages/pretrain.py", "--arch", "resnet34"], cwd=repo, capture_output=True, text=True)
+    assert done.returncode != 0 and "resnet34" in done.stderr

@@ -1,0 +1,67 @@
+"""Both pretraining sources: ImageNet weights through torchvision's cache, and rotation self-supervision."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torchvision.models import ResNet18_Weights
+
+from retinopathy.data import build_transform, processed_dataset
+from retinopathy.models import resnet18
+from retinopathy.pretraining import imagenet_state_dict, load_backbone, rotation_pretrain
+from retinopathy.training import make_loader
+
+
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty TORCH_HOME, with downloads made to fail as they do on a machine without network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(url: str, *args, **kwargs) -> None:
+        raise OSError(f"network unreachable: {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path
+
+
+def test_imagenet_weights_load_from_the_torch_home_cache(torch_home: Path) -> None:
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None)
+    cached = torch_home / "hub" / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    cached.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached)
+
+    state = imagenet_state_dict("resnet18")
+    assert not any(k.startswith("fc.") for k in state)
+    ours = resnet18(num_classes=5)
+    load_backbone(ours, state)
+    torch.testing.assert_close(ours.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(ours.layer4[1].bn2.running_var, reference.layer4[1].bn2.running_var)
+
+
+def test_missing_imagenet_weights_name_the_file_and_where_to_put_it(torch_home: Path) -> None:
+    expected = torch_home / "hub" / "checkpoints" / os.path.basename(ResNet18_Weights.IMAGENET1K_V1.url)
+    with pytest.raises(FileNotFoundError) as caught:
+        imagenet_state_dict("resnet18")
+    assert str(expected) in str(caught.value) and ResNet18_Weights.IMAGENET1K_V1.url in str(caught.value)
+
+
+def test_backbone_of_another_architecture_is_rejected() -> None:
+    from retinopathy.models import resnet50
+    from retinopathy.pretraining import backbone_state
+
+    with pytest.raises(ValueError, match="does not fit"):
+        load_backbone(resnet18(num_classes=5), backbone_state(resnet50(num_classes=4)), source="r50.pt")
+
+
+def test_rotation_pretraining_learns_above_chance(processed_dir: Path) -> None:
+    torch.manual_seed(0)
+    ds = processed_dataset(processed_dir, "train", build_transform(mean=[0.4, 0.2, 0.1], std=[0.3, 0.15, 0.08], train=False))
+    loader = make_loader(ds, batch_size=16, train=True, num_workers=0, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    model, history = rotation_pretrain("resnet18", loader, epochs=6, lr=0.01, weight_decay=0.0, momentum=0.9, optimizer="sgd", device=torch.device("cpu"))
+    assert model.fc.out_features == 4 and len(history) == 6
+    assert history[-1]["pretext_loss"] < history[0]["pretext_loss"]

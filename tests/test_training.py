@@ -1,0 +1,87 @@
+"""The training loop: class weights, schedules, selection on validation, determinism on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from retinopathy.pipeline import evaluate_variant, train_variant
+from retinopathy.training import TrainConfig, class_weights, make_optimizer, make_schedule
+
+TINY = TrainConfig(lr=0.01, batch_size=8, epochs=2, seed=3)
+
+
+def test_inverse_class_weights_favour_rare_grades_and_average_one() -> None:
+    labels = [0] * 70 + [1] * 10 + [2] * 15 + [3] * 3 + [4] * 2
+    w = class_weights(labels, "inverse")
+    counts = np.bincount(labels, minlength=5)
+    assert w[4] > w[3] > w[1] > w[2] > w[0]
+    assert float((w.numpy() * counts).sum() / counts.sum()) == pytest.approx(1.0)
+    sqrt = class_weights(labels, "sqrt_inverse")
+    assert sqrt[4] / sqrt[0] == pytest.approx(float(np.sqrt(w[4] / w[0])), rel=1e-5)
+    assert class_weights(labels, "none") is None
+
+
+def test_unknown_class_weighting_is_refused() -> None:
+    with pytest.raises(ValueError, match="'balanced'"):
+        class_weights([0, 1], "balanced")
+
+
+def test_cosine_schedule_decays_to_zero_and_step_schedule_drops_tenfold() -> None:
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = make_optimizer("sgd", [param], lr=1.0, momentum=0.9, weight_decay=0.0)
+    cosine = make_schedule("cosine", opt, total_steps=10)
+    rates = []
+    for _ in range(10):
+        opt.step()
+        cosine.step()
+        rates.append(opt.param_groups[0]["lr"])
+    assert rates[0] < 1.0 and rates[-1] == pytest.approx(0.0, abs=1e-12)
+    opt = make_optimizer("adam", [param], lr=1.0, momentum=0.9, weight_decay=0.0)
+    step = make_schedule("step", opt, total_steps=8)
+    for _ in range(6):
+        opt.step()
+        step.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+
+
+def _train(processed_dir: Path, out: Path, pretrained: bool = False) -> tuple[dict, pd.DataFrame]:
+    summary = train_variant(
+        "resnet18", pretrained=pretrained, config=TINY, data_dir=processed_dir, pretrained_path=out / "none.pt",
+        model_out=out / "model.pt", history_out=out / "history.tsv", summary_out=out / "summary.json",
+    )
+    return summary, pd.read_csv(out / "history.tsv", sep="\t")
+
+
+def test_two_runs_with_the_same_params_give_the_same_metrics(processed_dir: Path, tmp_path: Path) -> None:
+    first, h1 = _train(processed_dir, tmp_path / "a")
+    second, h2 = _train(processed_dir, tmp_path / "b")
+    pd.testing.assert_frame_equal(h1, h2)
+    assert first["best_epoch"] == second["best_epoch"]
+    m1 = evaluate_variant(model_path=tmp_path / "a" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "a.json", predictions_out=tmp_path / "a.csv", batch_size=8)
+    m2 = evaluate_variant(model_path=tmp_path / "b" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "b.json", predictions_out=tmp_path / "b.csv", batch_size=8)
+    assert m1 == m2
+    predictions = pd.read_csv(tmp_path / "a.csv")
+    assert list(predictions.columns) == ["image", "actual", "predicted", "p0", "p1", "p2", "p3", "p4"]
+    assert np.allclose(predictions[[f"p{g}" for g in range(5)]].sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_history_has_train_val_test_per_epoch_and_best_epoch_is_chosen_on_validation(processed_dir: Path, tmp_path: Path) -> None:
+    summary, history = _train(processed_dir, tmp_path)
+    assert history["epoch"].tolist() == [1, 2]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_kappa", "test_loss", "test_acc"} <= set(history.columns)
+    best = history.loc[history["val_kappa"].idxmax()]
+    assert summary["best_epoch"] == int(best["epoch"])
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["best_epoch"] == summary["best_epoch"]
+
+
+def test_pretrained_variant_without_its_checkpoint_names_the_missing_file(processed_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="none.pt"):
+        _train(processed_dir, tmp_path, pretrained=True)
+    assert not (tmp_path / "model.pt").exists()
