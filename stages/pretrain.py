@@ -7,7 +7,7 @@ import argparse
 from retinopathy.models import ARCHITECTURES
 from retinopathy.params import check_known, get, load_params
 from retinopathy.pipeline import pretrain_backbone
-from retinopathy.pretraining import SOURCES
+from retinopathy.pretraining import METHODS, SOURCES
 
 
 def main() -> None:
@@ -19,10 +19,11 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    check_known(params, "pretrain", ["source", "epochs", "lr", "batch_size", "weight_decay", "momentum"])
+    check_known(params, "pretrain", ["source", "method", "epochs", "lr", "batch_size", "weight_decay", "momentum"])
     pretrain_backbone(
         args.arch,
         source=get(params, "pretrain.source", str, choices=SOURCES),
+        method=get(params, "pretrain.method", str, choices=METHODS),
         data_dir=args.data,
         out=args.out or f"models/pretrained/{args.arch}.pt",
         epochs=get(params, "pretrain.epochs", int),
@@ -31,6 +32,7 @@ def main() -> None:
         weight_decay=get(params, "pretrain.weight_decay", float),
         momentum=get(params, "pretrain.momentum", float),
         seed=get(params, "seed", int),
+        zero_init_residual=get(params, "zero_init_residual", bool),
         num_workers=get(params, "num_workers", int),
         device=get(params, "device", str),
     )

@@ -11,7 +11,7 @@ from retinopathy.training import CLASS_WEIGHTING, OPTIMIZERS, SCHEDULES, SELECT_
 
 # Top-level keys: training hyperparameters, then the other stages' sections.
 TOP_LEVEL = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting",
-             "select_on", "flip", "rotation", "num_workers", "device", "seed"]
+             "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "seed"]
 SECTIONS = ["synthetic", "data", "preprocess", "pretrain", "evaluate", "plot"]
 
 
@@ -50,6 +50,7 @@ def main() -> None:
         summary_out=f"metrics/train/{variant}.json",
         flip=get(params, "flip", bool),
         rotation=get(params, "rotation", float),
+        zero_init_residual=get(params, "zero_init_residual", bool),
         device=get(params, "device", str),
     )
     print(f"{variant}: best epoch {summary['best_epoch']}, val acc {summary['val_acc']}, val kappa {summary['val_kappa']}")

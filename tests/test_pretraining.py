@@ -65,3 +65,27 @@ def test_rotation_pretraining_learns_above_chance(processed_dir: Path) -> None:
     model, history = rotation_pretrain("resnet18", loader, epochs=6, lr=0.01, weight_decay=0.0, momentum=0.9, optimizer="sgd", device=torch.device("cpu"))
     assert model.fc.out_features == 4 and len(history) == 6
     assert history[-1]["pretext_loss"] < history[0]["pretext_loss"]
+
+
+def test_contrastive_loss_is_lower_when_views_agree_than_when_they_do_not() -> None:
+    from retinopathy.pretraining import nt_xent
+
+    torch.manual_seed(0)
+    a = torch.randn(8, 16)
+    matched = nt_xent(torch.cat([a, a + 0.01 * torch.randn_like(a)]), temperature=0.2)
+    unmatched = nt_xent(torch.cat([a, torch.randn_like(a)]), temperature=0.2)
+    assert matched < unmatched
+
+
+def test_simclr_pretraining_yields_a_backbone_that_loads_into_the_classifier(processed_dir: Path) -> None:
+    from retinopathy.pretraining import TwoViews, backbone_state, contrastive_transform, simclr_pretrain
+
+    torch.manual_seed(0)
+    ds = processed_dataset(processed_dir, "train", TwoViews(contrastive_transform(32, mean=[0.4] * 3, std=[0.2] * 3)))
+    assert ds[0][0].shape == (2, 3, 32, 32)
+    loader = make_loader(ds, batch_size=8, train=True, num_workers=0, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    model, history = simclr_pretrain("resnet18", loader, epochs=1, lr=0.05, weight_decay=0.0, momentum=0.9, device=torch.device("cpu"))
+    assert len(history) == 1 and history[0]["pretext_loss"] > 0
+    classifier = resnet18(num_classes=5)
+    load_backbone(classifier, backbone_state(model))
+    torch.testing.assert_close(classifier.layer1[0].conv1.weight, model.layer1[0].conv1.weight)

@@ -18,7 +18,15 @@ from retinopathy.data import IMAGENET_MEAN, IMAGENET_STD, build_transform, proce
 from retinopathy.metrics import summarize
 from retinopathy.models import build_model
 from retinopathy.plotting import accuracy_curves, confusion_pair, summary_bars
-from retinopathy.pretraining import backbone_state, imagenet_state_dict, load_backbone, rotation_pretrain
+from retinopathy.pretraining import (
+    TwoViews,
+    backbone_state,
+    contrastive_transform,
+    imagenet_state_dict,
+    load_backbone,
+    rotation_pretrain,
+    simclr_pretrain,
+)
 from retinopathy.training import TrainConfig, class_weights, fit, make_loader, predict
 from retinopathy.utils import atomic_path, load_checkpoint, save_checkpoint, seed_everything, select_device, write_csv, write_json
 
@@ -35,6 +43,7 @@ def pretrain_backbone(
     arch: str,
     *,
     source: str,
+    method: str,
     data_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
     epochs: int,
@@ -43,6 +52,7 @@ def pretrain_backbone(
     weight_decay: float,
     momentum: float,
     seed: int,
+    zero_init_residual: bool = False,
     num_workers: int = 0,
     device: str = "auto",
 ) -> None:
@@ -54,17 +64,26 @@ def pretrain_backbone(
     elif source == "selfsup":
         generator = seed_everything(seed)
         dev = select_device(device)
-        transform = build_transform(mean=stats["mean"], std=stats["std"], train=False)
+        if method == "rotation":
+            transform = build_transform(mean=stats["mean"], std=stats["std"], train=False)
+        elif method == "simclr":
+            transform = TwoViews(contrastive_transform(stats["size"], mean=stats["mean"], std=stats["std"]))
+        else:
+            raise ValueError(f"unknown pretrain.method {method!r}; choose rotation or simclr")
         # Labels are never read: the pool and the training images are used as unlabelled pictures.
         parts = [processed_dataset(data_dir, "train", transform)]
         if (Path(data_dir) / "unlabeled.csv").is_file():
             parts.append(processed_dataset(data_dir, "unlabeled", transform, labelled=False))
         loader = make_loader(ConcatDataset(parts), batch_size=batch_size, train=True, num_workers=num_workers, generator=generator, device=dev)
-        model, history = rotation_pretrain(arch, loader, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, optimizer="sgd", device=dev)
+        common = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, device=dev, zero_init_residual=zero_init_residual)
+        if method == "rotation":
+            model, history = rotation_pretrain(arch, loader, optimizer="sgd", **common)
+        else:
+            model, history = simclr_pretrain(arch, loader, **common)
         state, mean, std = backbone_state(model), stats["mean"], stats["std"]
     else:
         raise ValueError(f"unknown pretrain.source {source!r}; choose selfsup or imagenet")
-    save_checkpoint(out, {"arch": arch, "source": source, "state_dict": state, "mean": mean, "std": std, "history": history})
+    save_checkpoint(out, {"arch": arch, "source": source, "method": method if source == "selfsup" else None, "state_dict": state, "mean": mean, "std": std, "history": history})
     print(f"pretrain {arch} ({source}) written to {out} in {time.perf_counter() - start:.1f}s")
 
 
@@ -80,12 +99,13 @@ def train_variant(
     summary_out: str | os.PathLike[str],
     flip: bool = True,
     rotation: float = 0.0,
+    zero_init_residual: bool = False,
     device: str = "auto",
 ) -> dict:
     """Train one variant, keep the best validation epoch, write model, per-epoch history and summary."""
     generator = seed_everything(config.seed)
     dev = select_device(device)
-    model = build_model(arch, num_classes=len(GRADES))
+    model = build_model(arch, num_classes=len(GRADES), zero_init_residual=zero_init_residual)
     if pretrained:
         checkpoint = load_checkpoint(pretrained_path)
         if checkpoint.get("arch") != arch:

@@ -60,13 +60,14 @@ def rotation_pretrain(
     momentum: float,
     optimizer: str,
     device: torch.device,
+    zero_init_residual: bool = False,
 ) -> tuple[ResNet, list[dict[str, float]]]:
     """Train ``arch`` to predict rotations of the loader's images (labels are ignored).
 
     Returns:
         The model (its ``fc`` is the 4-way rotation head) and per-epoch pretext loss/accuracy.
     """
-    model = build_model(arch, num_classes=4).to(device)
+    model = build_model(arch, num_classes=4, zero_init_residual=zero_init_residual).to(device)
     opt = make_optimizer(optimizer, model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     schedule = make_schedule("cosine", opt, total_steps=epochs * len(loader))
     criterion = nn.CrossEntropyLoss()
@@ -128,6 +129,7 @@ def simclr_pretrain(
     device: torch.device,
     temperature: float = 0.2,
     projection_dim: int = 128,
+    zero_init_residual: bool = False,
 ) -> tuple[ResNet, list[dict[str, float]]]:
     """Contrastive pretraining (Chen et al., 2020): two views of an image attract, other images repel.
 
@@ -137,7 +139,7 @@ def simclr_pretrain(
         The backbone model (its ``fc`` is the projection head's first layer, discarded later) and
         per-epoch contrastive loss and positive-pair retrieval accuracy.
     """
-    model = build_model(arch, num_classes=projection_dim)
+    model = build_model(arch, num_classes=projection_dim, zero_init_residual=zero_init_residual)
     width = model.fc.in_features
     model.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
     model.to(device)
