@@ -1,13 +1,13 @@
-"""Stage preprocess: read the labelled set, hold out validation by patient, crop and resize every image."""
+"""Stage preprocess: read the chosen data set, split it by patient, crop and resize every image."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from retinopathy.sources import SOURCES, read_source
 from retinopathy.params import check_known, get, load_params
-from retinopathy.preprocessing import CropSettings, build_processed_set
+from retinopathy.preprocessing import BAD_IMAGE_POLICIES, CropSettings, build_processed_set
+from retinopathy.sources import SOURCES, read_source, unlisted_images
 
 
 def main() -> None:
@@ -15,11 +15,12 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="data/processed")
     parser.add_argument("--balance", default="metrics/label_balance.json")
+    parser.add_argument("--report", default="metrics/preprocess_report.json")
     args = parser.parse_args()
 
     params = load_params(args.params)
-    check_known(params, "data", ["source", "root", "val_fraction"])
-    check_known(params, "preprocess", ["size", "fov_threshold", "graham", "graham_sigma", "workers"])
+    check_known(params, "data", ["source", "root", "val_fraction", "test_fraction"])
+    check_known(params, "preprocess", ["size", "fov_threshold", "graham", "graham_sigma", "workers", "on_bad_image"])
     source = get(params, "data.source", str, choices=SOURCES)
     root = Path(get(params, "data.root", str))
     settings = CropSettings(
@@ -35,8 +36,12 @@ def main() -> None:
         balance_path=args.balance,
         settings=settings,
         val_fraction=get(params, "data.val_fraction", float),
+        test_fraction=get(params, "data.test_fraction", float),
         seed=get(params, "seed", int),
         workers=get(params, "preprocess.workers", int),
+        on_bad_image=get(params, "preprocess.on_bad_image", str, choices=BAD_IMAGE_POLICIES),
+        unlisted=unlisted_images(source, root, tables),
+        report_path=args.report,
     )
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 
 from retinopathy.models import ARCHITECTURES
-from retinopathy.params import check_known, get, load_params
+from retinopathy.params import ParamsError, check_known, get, load_params
 from retinopathy.pipeline import train_variant
-from retinopathy.training import CLASS_WEIGHTING, OPTIMIZERS, SCHEDULES, SELECT_ON, TrainConfig
+from retinopathy.training import CLASS_WEIGHTING, OPTIMIZERS, SCHEDULES, SELECT_ON, TrainConfig, torchrun_command, under_torchrun
 
 # Top-level keys: training hyperparameters, then the other stages' sections.
 TOP_LEVEL = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting",
-             "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "seed"]
+             "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "seed", "compile", "nproc", "sync_bn"]
 SECTIONS = ["synthetic", "data", "preprocess", "pretrain", "evaluate", "plot"]
 
 
@@ -25,6 +28,14 @@ def main() -> None:
 
     params = load_params(args.params)
     check_known(params, None, TOP_LEVEL + SECTIONS)
+    nproc = get(params, "nproc", int)
+    if nproc < 1:
+        raise ParamsError(f"params.yaml: key 'nproc' must be at least 1, got {nproc}")
+    if nproc > 1 and not under_torchrun():
+        # Become torchrun (same process, so Ctrl-C and kills reach it), which reruns this very
+        # command as nproc processes; each of them takes the path below.
+        command = torchrun_command(nproc, Path(__file__).resolve(), sys.argv[1:])
+        os.execv(command[0], command)
     config = TrainConfig(
         lr=get(params, "lr", float),
         batch_size=get(params, "batch_size", int),
@@ -37,6 +48,8 @@ def main() -> None:
         select_on=get(params, "select_on", str, choices=SELECT_ON),
         num_workers=get(params, "num_workers", int),
         seed=get(params, "seed", int),
+        compile=get(params, "compile", bool),
+        sync_bn=get(params, "sync_bn", bool),
     )
     variant = f"{args.arch}-{args.pretrained}"
     summary = train_variant(
@@ -52,8 +65,11 @@ def main() -> None:
         rotation=get(params, "rotation", float),
         zero_init_residual=get(params, "zero_init_residual", bool),
         device=get(params, "device", str),
+        # Outside the stage's outputs, which DVC deletes before a rerun; the run deletes it when done.
+        resume_path=f"checkpoints/{variant}.pt",
     )
-    print(f"{variant}: best epoch {summary['best_epoch']}, val acc {summary['val_acc']}, val kappa {summary['val_kappa']}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"{variant}: best epoch {summary['best_epoch']}, val acc {summary['val_acc']}, val kappa {summary['val_kappa']}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from retinopathy.data import FundusDataset, build_transform, patient_of, processed_dataset, read_course_split, split_by_patient
 from retinopathy.fundus import crop_to_fov, find_fov
-from retinopathy.preprocessing import CropSettings, build_processed_set
+from retinopathy.preprocessing import CropSettings, build_processed_set, open_image, process_image
 from retinopathy.sources import read_course
 
 
@@ -149,3 +149,47 @@ def test_processed_set_has_every_split_stats_and_balance(processed_dir: Path) ->
     assert not set(train["image"].map(patient_of)) & set(val["image"].map(patient_of))
     with Image.open(next((processed_dir / "train").glob("*.png"))) as img:
         assert img.size == (32, 32)
+
+
+def _camera_jpeg(path: Path, width: int, height: int, cx: float, cy: float, r: float) -> Path:
+    _disc_image(width, height, cx, cy, r).save(path, quality=90)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "cx", "cy", "r"),
+    [(3000, 2000, 1480, 1010, 1150), (4752, 3168, 2376, 1584, 1500)],
+    ids=["3000x2000-cut-top-and-bottom", "4752x3168-inside"],
+)
+def test_camera_sized_jpeg_is_decoded_at_reduced_scale_and_cropped_round_and_centred(
+    tmp_path: Path, width: int, height: int, cx: float, cy: float, r: float
+) -> None:
+    src = _camera_jpeg(tmp_path / "1_left.jpeg", width, height, cx, cy, r)
+    image, reduced = open_image(src, min_side=320)
+    scale = width / image.width
+    assert reduced and scale in (2, 4, 8)
+    fov = find_fov(image)
+    assert fov.cx * scale == pytest.approx(cx, rel=0.005) and fov.cy * scale == pytest.approx(cy, rel=0.005)
+    assert fov.radius * scale == pytest.approx(r, rel=0.005)
+    assert process_image(src, tmp_path / "out.png", CropSettings(size=256)).kind is None
+    out = np.asarray(Image.open(tmp_path / "out.png").convert("L")) > 20
+    rows, cols = np.flatnonzero(out.any(axis=1)), np.flatnonzero(out.any(axis=0))
+    assert cols[0] <= 2 and cols[-1] >= 253  # the circle spans the crop's width
+    assert abs(rows[0] - (255 - rows[-1])) <= 2  # centred vertically, cut (if at all) equally at top and bottom
+    if r <= height / 2:
+        assert abs((rows[-1] - rows[0]) - (cols[-1] - cols[0])) <= 2  # round, not squashed
+
+
+def test_reduced_scale_decoding_gives_the_crop_of_full_decoding(tmp_path: Path) -> None:
+    src = _camera_jpeg(tmp_path / "1_left.jpeg", 3000, 2000, 1500, 1000, 1150)
+    for draft in (True, False):
+        assert process_image(src, tmp_path / f"{draft}.png", CropSettings(size=256, draft=draft)).kind is None
+    fast, full = (np.asarray(Image.open(tmp_path / f"{draft}.png"), dtype=float) for draft in (True, False))
+    assert np.abs(fast - full).mean() < 1.0
+
+
+def test_small_circle_in_a_large_frame_falls_back_to_full_size_decoding(tmp_path: Path) -> None:
+    src = _camera_jpeg(tmp_path / "1_left.jpeg", 3000, 2000, 1500, 1000, 200)
+    for draft in (True, False):
+        assert process_image(src, tmp_path / f"{draft}.png", CropSettings(size=512, draft=draft)).kind is None
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "True.png")), np.asarray(Image.open(tmp_path / "False.png")))

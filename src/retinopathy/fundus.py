@@ -30,13 +30,19 @@ def find_fov(image: Image.Image, *, threshold: int = 20) -> FieldOfView:
     bottom of the mask: a chord of half-width ``w`` lies ``sqrt(r^2 - w^2)`` from the centre, which
     also holds for an uncut circle, whose end chords are near zero.
 
+    A column or row counts as inside the field of view only when at least 1% of its pixels are
+    bright, so JPEG noise or a stray bright pixel in the black border does not widen the circle;
+    near the circle's edge a chord is ``2 * sqrt(2 * r * d)`` pixels long ``d`` pixels in, so the
+    extent moves by well under a pixel.
+
     Raises:
         ValueError: if no pixel is brighter than ``threshold`` (an all-black image).
     """
     gray = np.asarray(image.convert("L"), dtype=np.uint8)
     mask = gray > threshold
-    cols = np.flatnonzero(mask.any(axis=0))
-    rows = np.flatnonzero(mask.any(axis=1))
+    height, width = mask.shape
+    cols = np.flatnonzero(mask.sum(axis=0) >= max(1, height // 100))
+    rows = np.flatnonzero(mask.sum(axis=1) >= max(1, width // 100))
     if cols.size == 0 or rows.size == 0:
         raise ValueError(f"no field of view found: every pixel is at or below brightness {threshold}")
     x0, x1 = cols[0], cols[-1]
@@ -46,17 +52,15 @@ def find_fov(image: Image.Image, *, threshold: int = 20) -> FieldOfView:
     # A few rows in from each end, to step over JPEG noise on the first bright row.
     inset = max(1, int(0.02 * radius))
     for row, sign in ((min(rows[0] + inset, rows[-1]), 1.0), (max(rows[-1] - inset, rows[0]), -1.0)):
-        line = np.flatnonzero(mask[row])
+        line = np.flatnonzero(mask[row, x0 : x1 + 1])
         half_chord = (line[-1] - line[0] + 1) / 2.0 if line.size else 0.0
         offset = np.sqrt(max(radius**2 - half_chord**2, 0.0))
         estimates.append(row + sign * offset)
     return FieldOfView(cx=float(cx), cy=float(np.mean(estimates)), radius=float(radius))
 
 
-def crop_to_fov(image: Image.Image, size: int, *, threshold: int = 20) -> Image.Image:
-    """Square crop around the field of view (black padding where it is cut off), resized to ``size``."""
-    image = image.convert("RGB")
-    fov = find_fov(image, threshold=threshold)
+def crop_square(image: Image.Image, fov: FieldOfView, size: int) -> Image.Image:
+    """Square crop around ``fov`` (black padding where the circle leaves the frame), resized to ``size``."""
     r = fov.radius
     box = (round(fov.cx - r), round(fov.cy - r), round(fov.cx + r), round(fov.cy + r))
     # PIL fills the part of the box outside the image with black.
@@ -66,6 +70,12 @@ def crop_to_fov(image: Image.Image, size: int, *, threshold: int = 20) -> Image.
     if factor > 1:
         square = square.reduce(factor)
     return square.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def crop_to_fov(image: Image.Image, size: int, *, threshold: int = 20) -> Image.Image:
+    """Square crop around the field of view (black padding where it is cut off), resized to ``size``."""
+    image = image.convert("RGB")
+    return crop_square(image, find_fov(image, threshold=threshold), size)
 
 
 def local_average_subtraction(image: Image.Image, *, sigma_fraction: float = 1 / 30) -> Image.Image:

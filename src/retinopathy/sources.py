@@ -1,38 +1,164 @@
 """Readers for the data layouts users bring. Each returns label tables with the raw image path per row.
 
-Every reader returns ``{"train": frame, "test": frame, "unlabeled": frame}`` (``test`` and
+``read_source`` returns ``{"train": frame, "test": frame, "unlabeled": frame}`` (``test`` and
 ``unlabeled`` only where the layout has them) with columns ``image``, ``level`` (-1 when
-unlabelled) and ``path``.
+unlabelled) and ``path``. Kaggle 2015 and APTOS 2019 come without a labelled test split; the
+preprocess stage holds one out by patient.
+
+Every problem in the label tables (labels outside 0..4, duplicate names, files of different
+lengths) is gathered and raised in one error, so a user fixes them in one pass.
+``unlisted_images`` names the image files that no row names.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from retinopathy.data import read_column, read_course_split
+from retinopathy import NUM_CLASSES
+from retinopathy.data import read_column
 
-SOURCES = ("synthetic", "course")
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a layout keeps its images: ``<root>/<image_dir>/<image><suffix>``."""
+
+    image_dir: str
+    suffix: str
 
 
-def read_course(root: Path, *, suffix: str = ".jpeg") -> dict[str, pd.DataFrame]:
-    """The course layout: header-less ``{train,test}_{img,label}.csv`` and ``<root>/<name>.jpeg``.
+LAYOUTS = {
+    "synthetic": Layout(image_dir="", suffix=".jpeg"),
+    "course": Layout(image_dir="", suffix=".jpeg"),
+    "kaggle": Layout(image_dir="train", suffix=".jpeg"),
+    "aptos": Layout(image_dir="train_images", suffix=".png"),
+}
+SOURCES = tuple(LAYOUTS)
 
-    An optional ``unlabeled_img.csv`` lists a pool of unlabelled images (the embedded set has one).
+# The course layout keeps its CSVs next to the images, so only these count as image files there.
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp"}
+# Table problems of one kind named in an error before "and N more".
+MAX_LISTED = 20
+
+
+class SourceError(ValueError):
+    """One or more problems in a data set's label tables; the message lists each of them."""
+
+
+def _listing(items: list[str]) -> str:
+    shown = "\n    ".join(items[:MAX_LISTED])
+    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"\n    {shown}{more}"
+
+
+def table_problems(frame: pd.DataFrame, source: str, *, first_row: int = 1, labelled: bool = True) -> list[str]:
+    """Labels outside 0..4 and duplicate or empty image names in one table, each naming file and row.
+
+    Args:
+        frame: columns ``image`` and (when ``labelled``) ``level``, as strings, in file order.
+        source: the file named in each message.
+        first_row: the line number of the first data row (2 below a header), so rows read as in an editor.
     """
+    problems = _label_problems(frame, source, first_row) if labelled else []
+    first = first_row
+    names = frame["image"].fillna("").astype(str)
+    empty = names == ""
+    if empty.any():
+        problems.append(f"{source}: {int(empty.sum())} row(s) without an image name:{_listing([f'row {i + first}' for i in np.flatnonzero(empty)])}")
+    dup = names.duplicated(keep=False) & ~empty
+    if dup.any():
+        where = pd.Series(np.flatnonzero(dup) + first, index=names[dup].to_numpy()).groupby(level=0).agg(list)
+        rows = [f"{name!r} at rows {', '.join(map(str, at))}" for name, at in where.items()]
+        problems.append(f"{source}: {len(rows)} image name(s) listed more than once:{_listing(rows)}")
+    return problems
+
+
+def _label_problems(frame: pd.DataFrame, source: str, first: int) -> list[str]:
+    numeric = pd.to_numeric(frame["level"], errors="coerce")
+    bad = numeric.isna() | ~numeric.isin(range(NUM_CLASSES))
+    if bad.any():
+        rows = [f"row {i + first}: {frame['image'].iat[i]!r} has label {frame['level'].iat[i]!r}" for i in np.flatnonzero(bad)]
+        hint = ""
+        if first == 1 and bad.iat[0] and not str(frame["level"].iat[0]).strip().lstrip("-").isdigit():
+            hint = " (row 1 looks like a header, but this layout's CSVs have none)"
+        return [f"{source}: {int(bad.sum())} label(s) outside 0..{NUM_CLASSES - 1}{hint}:{_listing(rows)}"]
+    return []
+
+
+def _finish(tables: dict[str, pd.DataFrame], problems: list[str], root: Path, layout: Layout) -> dict[str, pd.DataFrame]:
+    """Raise every problem at once, else make levels int and add each row's image path."""
+    labelled = [name for name in tables if name != "unlabeled"]
+    splits = list(tables)
+    for i, first in enumerate(splits):
+        for second in splits[i + 1 :]:
+            both = sorted(set(tables[first]["image"]) & set(tables[second]["image"]))
+            if both:
+                problems.append(f"{root}: {len(both)} image(s) listed in both {first} and {second}:{_listing(both)}")
+    if problems:
+        raise SourceError(f"{len(problems)} problem(s) in the label tables under {root}:\n  " + "\n  ".join(problems))
+    image_dir = root / layout.image_dir
+    out = {}
+    for split, frame in tables.items():
+        frame = frame.reset_index(drop=True)
+        frame = frame.assign(level=frame["level"].astype(float).astype("int64") if split in labelled else -1)
+        frame["path"] = [str(image_dir / f"{name}{layout.suffix}") for name in frame["image"]]
+        out[split] = frame[["image", "level", "path"]]
+    return out
+
+
+def _require_dir(root: Path) -> None:
     if not root.is_dir():
         raise FileNotFoundError(f"data.root {root} is not a folder")
-    tables = {split: read_course_split(root, split) for split in ("train", "test")}
-    overlap = set(tables["train"]["image"]) & set(tables["test"]["image"])
-    if overlap:
-        raise ValueError(f"{root}: images listed in both train_img.csv and test_img.csv: {sorted(overlap)[:10]}")
+
+
+def read_course(root: Path, *, layout: Layout = LAYOUTS["course"]) -> dict[str, pd.DataFrame]:
+    """The course layout: header-less ``{train,test}_{img,label}.csv`` and ``<root>/<name>.jpeg``.
+
+    Read with ``header=None``: the files have no header row, and a header-reading CSV reader
+    would take each file's first image for a column name (28,099 / 7,025 images instead of
+    28,100 / 7,026). An optional ``unlabeled_img.csv`` lists a pool of unlabelled images (the
+    embedded set has one).
+    """
+    root = Path(root)
+    _require_dir(root)
+    tables, problems = {}, []
+    for split in ("train", "test"):
+        names = read_column(root / f"{split}_img.csv", "image")
+        levels = read_column(root / f"{split}_label.csv", "level")
+        if len(names) != len(levels):
+            problems.append(f"{root}: {split}_img.csv has {len(names)} rows but {split}_label.csv has {len(levels)}")
+            continue
+        frame = pd.concat([names, levels], axis=1)
+        problems += table_problems(frame, str(root / f"{split}_label.csv"))
+        tables[split] = frame
     pool_csv = root / "unlabeled_img.csv"
     if pool_csv.is_file():
-        tables["unlabeled"] = read_column(pool_csv, "image").to_frame().assign(level=-1)
-    for frame in tables.values():
-        frame["path"] = [str(root / f"{name}{suffix}") for name in frame["image"]]
-    return tables
+        pool = read_column(pool_csv, "image").to_frame()
+        problems += table_problems(pool, str(pool_csv), labelled=False)
+        tables["unlabeled"] = pool
+    return _finish(tables, problems, root, layout)
+
+
+def read_labelled_csv(root: Path, csv_name: str, columns: tuple[str, str], layout: Layout) -> dict[str, pd.DataFrame]:
+    """One CSV with a header naming the image and label columns (Kaggle 2015, APTOS 2019): a ``train`` split only."""
+    root = Path(root)
+    _require_dir(root)
+    path = root / csv_name
+    if not path.is_file():
+        raise FileNotFoundError(f"label file not found: {path}")
+    # utf-8-sig: a CSV saved by a spreadsheet may start with a byte-order mark before the header.
+    frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig", skip_blank_lines=True)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise SourceError(f"{path}: needs columns {list(columns)}, has {list(frame.columns)}")
+    frame = frame[list(columns)].rename(columns=dict(zip(columns, ("image", "level"))))
+    frame = frame.assign(image=frame["image"].str.strip(), level=frame["level"].str.strip())
+    return _finish({"train": frame}, table_problems(frame, str(path), first_row=2), root, layout)
 
 
 def read_source(source: str, root: str | Path) -> dict[str, pd.DataFrame]:
@@ -40,5 +166,30 @@ def read_source(source: str, root: str | Path) -> dict[str, pd.DataFrame]:
     root = Path(root)
     if source in ("synthetic", "course"):
         # The embedded set is written in the course layout, so one reader serves both.
-        return read_course(root)
+        return read_course(root, layout=LAYOUTS[source])
+    if source == "kaggle":
+        return read_labelled_csv(root, "trainLabels.csv", ("image", "level"), LAYOUTS[source])
+    if source == "aptos":
+        return read_labelled_csv(root, "train.csv", ("id_code", "diagnosis"), LAYOUTS[source])
     raise ValueError(f"unknown data.source {source!r}; choose one of {list(SOURCES)}")
+
+
+def unlisted_images(source: str, root: str | Path, tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Files in the layout's image folder that no row names, sorted.
+
+    For Kaggle and APTOS that is every file in ``train/`` or ``train_images/`` (hidden ones
+    aside); the course layout shares its folder with the CSVs, so there only image files count.
+    """
+    layout = LAYOUTS[source]
+    folder = Path(root) / layout.image_dir
+    if not folder.is_dir():
+        return []
+    listed = {Path(p).name for frame in tables.values() for p in frame["path"]}
+    unlisted = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or not entry.is_file() or entry.name in listed:
+                continue
+            if layout.image_dir or Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                unlisted.append(entry.path)
+    return sorted(unlisted)
