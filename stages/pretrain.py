@@ -8,6 +8,7 @@ from retinopathy.models import ARCHITECTURES
 from retinopathy.params import check_known, get, load_params
 from retinopathy.pipeline import pretrain_backbone
 from retinopathy.pretraining import METHODS, SOURCES
+from retinopathy.training import OPTIMIZERS
 
 
 def main() -> None:
@@ -19,13 +20,14 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    check_known(params, "pretrain", ["source", "method", "epochs", "lr", "batch_size", "weight_decay", "momentum"])
+    check_known(params, "pretrain", ["source", "method", "optimizer", "epochs", "lr", "batch_size", "weight_decay", "momentum"])
     pretrain_backbone(
         args.arch,
         source=get(params, "pretrain.source", str, choices=SOURCES),
         method=get(params, "pretrain.method", str, choices=METHODS),
         data_dir=args.data,
         out=args.out or f"models/pretrained/{args.arch}.pt",
+        optimizer=get(params, "pretrain.optimizer", str, choices=OPTIMIZERS),
         epochs=get(params, "pretrain.epochs", int),
         lr=get(params, "pretrain.lr", float),
         batch_size=get(params, "pretrain.batch_size", int),

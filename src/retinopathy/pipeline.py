@@ -64,6 +64,7 @@ def pretrain_backbone(
     epochs: int,
     lr: float,
     batch_size: int,
+    optimizer: str,
     weight_decay: float,
     momentum: float,
     seed: int,
@@ -90,9 +91,9 @@ def pretrain_backbone(
         if (Path(data_dir) / "unlabeled.csv").is_file():
             parts.append(processed_dataset(data_dir, "unlabeled", transform, labelled=False))
         loader = make_loader(ConcatDataset(parts), batch_size=batch_size, train=True, num_workers=num_workers, generator=generator, device=dev)
-        common = dict(epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, device=dev, zero_init_residual=zero_init_residual)
+        common = dict(optimizer=optimizer, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, device=dev, zero_init_residual=zero_init_residual)
         if method == "rotation":
-            model, history = rotation_pretrain(arch, loader, optimizer="sgd", **common)
+            model, history = rotation_pretrain(arch, loader, **common)
         else:
             model, history = simclr_pretrain(arch, loader, **common)
         state, mean, std = backbone_state(model), stats["mean"], stats["std"]

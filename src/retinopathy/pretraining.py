@@ -127,6 +127,7 @@ def simclr_pretrain(
     weight_decay: float,
     momentum: float,
     device: torch.device,
+    optimizer: str = "sgd",
     temperature: float = 0.2,
     projection_dim: int = 128,
     zero_init_residual: bool = False,
@@ -143,7 +144,7 @@ def simclr_pretrain(
     width = model.fc.in_features
     model.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
     model.to(device)
-    opt = make_optimizer("sgd", model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = make_optimizer(optimizer, model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     schedule = make_schedule("cosine", opt, total_steps=epochs * len(loader))
     history = []
     for epoch in range(1, epochs + 1):

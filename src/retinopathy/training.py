@@ -50,7 +50,7 @@ class TrainConfig:
     epochs: int = 5
     weight_decay: float = 5e-4
     momentum: float = 0.9
-    optimizer: str = "sgd"
+    optimizer: str = "adamw"
     lr_schedule: str = "cosine"
     class_weighting: str = "sqrt_inverse"
     select_on: str = "kappa"
