@@ -27,4 +27,4 @@ bench: setup
 	$(PY) benchmarks/bench.py
 
 clean:
-	rm -rf $(VENV) data models .dvc/tmp .dvc/cache
+	rm -rf $(VENV) data models checkpoints .dvc/tmp .dvc/cache

@@ -23,7 +23,7 @@ def test_inverse_class_weights_favour_rare_grades_and_average_one() -> None:
     assert w[4] > w[3] > w[1] > w[2] > w[0]
     assert float((w.numpy() * counts).sum() / counts.sum()) == pytest.approx(1.0)
     sqrt = class_weights(labels, "sqrt_inverse")
-    assert sqrt[4] / sqrt[0] == pytest.approx(float(np.sqrt(w[4] / w[0])), rel=1e-5)
+    assert float(sqrt[4] / sqrt[0]) == pytest.approx(float(np.sqrt(float(w[4] / w[0]))), rel=1e-5)
     assert class_weights(labels, "none") is None
 
 
