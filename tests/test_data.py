@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from retinopathy.data import FundusDataset, build_transform, patient_of, processed_dataset, read_course_split, split_by_patient
+from retinopathy.data import FundusDataset, build_transform, patient_of, processed_dataset, split_by_patient
 from retinopathy.fundus import crop_to_fov, find_fov
 from retinopathy.preprocessing import CropSettings, build_processed_set, open_image, process_image
 from retinopathy.sources import read_course
@@ -20,11 +20,13 @@ def _course_files(root: Path, names: list[str], levels: list[object]) -> None:
     root.mkdir(parents=True, exist_ok=True)
     (root / "train_img.csv").write_text("".join(f"{n}\n" for n in names))
     (root / "train_label.csv").write_text("".join(f"{v}\n" for v in levels))
+    (root / "test_img.csv").write_text("90_left\n")
+    (root / "test_label.csv").write_text("0\n")
 
 
 def test_course_csvs_are_read_without_header_so_no_row_is_lost(tmp_path: Path) -> None:
     _course_files(tmp_path, ["10_left", "10_right", "13_left"], [0, 2, 4])
-    frame = read_course_split(tmp_path, "train")
+    frame = read_course(tmp_path)["train"]
     assert frame["image"].tolist() == ["10_left", "10_right", "13_left"]
     assert frame["level"].tolist() == [0, 2, 4]
 
@@ -32,14 +34,14 @@ def test_course_csvs_are_read_without_header_so_no_row_is_lost(tmp_path: Path) -
 @pytest.mark.parametrize("bad", ["5", "-1", "two"])
 def test_label_outside_zero_to_four_names_the_row(tmp_path: Path, bad: str) -> None:
     _course_files(tmp_path, ["1_left", "1_right", "2_left"], [0, bad, 1])
-    with pytest.raises(ValueError, match=r"row 2 \(1_right"):
-        read_course_split(tmp_path, "train")
+    with pytest.raises(ValueError, match=r"row 2: '1_right'"):
+        read_course(tmp_path)
 
 
 def test_mismatched_csv_lengths_name_both_files(tmp_path: Path) -> None:
     _course_files(tmp_path, ["1_left", "1_right"], [0])
     with pytest.raises(ValueError, match="train_img.csv has 2 rows but train_label.csv has 1"):
-        read_course_split(tmp_path, "train")
+        read_course(tmp_path)
 
 
 def test_patient_id_is_shared_by_both_eyes() -> None:

@@ -1,9 +1,9 @@
-"""Label tables, patient-level splits and the image Dataset.
+"""Label-table checks, patient-level splits and the image Dataset.
 
-The course layout (used by the embedded synthetic set too) is four one-column CSVs with no
-header (``train_img.csv``, ``train_label.csv``, ``test_img.csv``, ``test_label.csv``) and images
-at ``<root>/<name>.jpeg``. Reading those CSVs with a header row silently drops the first image of
-each file, so they are always read with ``header=None``.
+The readers of the layouts users bring (``sources.py``) and the Dataset share one set of checks
+(:func:`table_problems`), so a bad label reads the same wherever it is found. Header-less CSVs
+(the course layout) are read with ``header=None``: a header-reading reader silently drops the
+first image of each file.
 """
 
 from __future__ import annotations
@@ -36,32 +36,60 @@ def read_column(path: Path, name: str) -> pd.Series:
     return frame.iloc[:, 0].str.strip().rename(name)
 
 
-def check_levels(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Make ``level`` int64 in 0..4; otherwise raise naming the file, row and value."""
+# Table problems of one kind named in an error before "and N more".
+MAX_LISTED = 20
+
+
+def listing(items: list[str]) -> str:
+    """Indented lines for an error message, the first ``MAX_LISTED`` of them and a count of the rest."""
+    shown = "\n    ".join(items[:MAX_LISTED])
+    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+    return f"\n    {shown}{more}"
+
+
+def table_problems(frame: pd.DataFrame, source: str, *, first_row: int = 1, labelled: bool = True) -> list[str]:
+    """Labels outside 0..4 and duplicate or empty image names in one table, each naming file and row.
+
+    Args:
+        frame: columns ``image`` and (when ``labelled``) ``level``, as strings, in file order.
+        source: the file named in each message.
+        first_row: the line number of the first data row (2 below a header), so rows read as in an editor.
+    """
+    problems = _label_problems(frame, source, first_row) if labelled else []
+    first = first_row
+    names = frame["image"].fillna("").astype(str)
+    empty = names == ""
+    if empty.any():
+        problems.append(f"{source}: {int(empty.sum())} row(s) without an image name:{listing([f'row {i + first}' for i in np.flatnonzero(empty)])}")
+    dup = names.duplicated(keep=False) & ~empty
+    if dup.any():
+        where = pd.Series(np.flatnonzero(dup) + first, index=names[dup].to_numpy()).groupby(level=0).agg(list)
+        rows = [f"{name!r} at rows {', '.join(map(str, at))}" for name, at in where.items()]
+        problems.append(f"{source}: {len(rows)} image name(s) listed more than once:{listing(rows)}")
+    return problems
+
+
+def _label_problems(frame: pd.DataFrame, source: str, first: int) -> list[str]:
+    """One message listing every label that is not an integer 0..4, with its row."""
     numeric = pd.to_numeric(frame["level"], errors="coerce")
     bad = numeric.isna() | ~numeric.isin(range(NUM_CLASSES))
     if bad.any():
-        rows = ", ".join(f"row {i + 1} ({frame['image'].iat[i]}: {frame['level'].iat[i]!r})" for i in np.flatnonzero(bad)[:10])
-        more = f" and {int(bad.sum()) - 10} more" if bad.sum() > 10 else ""
-        raise ValueError(f"{source}: labels must be integers 0..{NUM_CLASSES - 1}; bad: {rows}{more}")
+        rows = [f"row {i + first}: {frame['image'].iat[i]!r} has label {frame['level'].iat[i]!r}" for i in np.flatnonzero(bad)]
+        hint = ""
+        if first == 1 and bad.iat[0] and not str(frame["level"].iat[0]).strip().lstrip("-").isdigit():
+            hint = " (row 1 looks like a header, but this layout's CSVs have none)"
+        return [f"{source}: {int(bad.sum())} label(s) outside 0..{NUM_CLASSES - 1}{hint}:{listing(rows)}"]
+    return []
+
+
+def check_levels(frame: pd.DataFrame, source: str, *, first_row: int = 1) -> pd.DataFrame:
+    """Make ``level`` int64 in 0..4; otherwise raise every bad label or duplicate name, naming file and row."""
+    problems = table_problems(frame, source, first_row=first_row)
+    if problems:
+        raise ValueError("\n".join(problems))
     out = frame.copy()
-    out["level"] = numeric.astype("int64")
-    dup = out["image"].duplicated(keep=False)
-    if dup.any():
-        raise ValueError(f"{source}: duplicate image names: {sorted(set(out.loc[dup, 'image']))[:10]}")
+    out["level"] = pd.to_numeric(out["level"]).astype("int64")
     return out
-
-
-def read_course_split(root: str | os.PathLike[str], split: str) -> pd.DataFrame:
-    """Read ``<split>_img.csv`` + ``<split>_label.csv`` into a frame with columns ``image, level``."""
-    root = Path(root)
-    names = read_column(root / f"{split}_img.csv", "image")
-    levels = read_column(root / f"{split}_label.csv", "level")
-    if len(names) != len(levels):
-        raise ValueError(
-            f"{root}: {split}_img.csv has {len(names)} rows but {split}_label.csv has {len(levels)}"
-        )
-    return check_levels(pd.concat([names, levels], axis=1), f"{root / (split + '_label.csv')}")
 
 
 def patient_of(image: str) -> str:
@@ -158,7 +186,8 @@ class FundusDataset(Dataset):
             need = "'image' and 'level'" if labelled else "'image'"
             raise ValueError(f"{source}: needs columns {need}, has {list(frame.columns)}")
         if labelled:
-            frame = check_levels(frame, source)
+            # A CSV's first data row is line 2, under its header.
+            frame = check_levels(frame, source, first_row=1 if isinstance(table, pd.DataFrame) else 2)
         self.image_dir = Path(image_dir)
         self.names: list[str] = frame["image"].astype(str).tolist()
         self.labels: list[int] = frame["level"].astype(int).tolist() if labelled else [-1] * len(frame)
@@ -176,24 +205,6 @@ class FundusDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.labels[index]
-
-
-def channel_stats(paths: Sequence[Path]) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] over a set of images (the data's own normalisation)."""
-    total = np.zeros(3)
-    total_sq = np.zeros(3)
-    count = 0
-    for path in paths:
-        arr = np.asarray(load_rgb(path), dtype=np.float64) / 255.0
-        flat = arr.reshape(-1, 3)
-        total += flat.sum(axis=0)
-        total_sq += (flat**2).sum(axis=0)
-        count += flat.shape[0]
-    if count == 0:
-        raise ValueError("cannot compute channel statistics of an empty image set")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 1e-12))
-    return [round(float(m), 6) for m in mean], [round(float(s), 6) for s in std]
 
 
 def processed_dataset(

@@ -11,7 +11,6 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import ConcatDataset
 
 import retinopathy.data

@@ -46,7 +46,11 @@ def load_backbone(model: ResNet, state: dict[str, torch.Tensor], *, source: str 
 def _rotate_batch(images: torch.Tensor, _labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Rotate each image by a random multiple of 90 degrees; the multiple is the target."""
     turns = torch.randint(0, 4, (images.shape[0],), device=images.device)
-    rotated = torch.stack([torch.rot90(img, int(k), dims=(1, 2)) for img, k in zip(images, turns)])
+    rotated = images.clone()
+    for k in (1, 2, 3):  # one rot90 per turn count, not one per image
+        chosen = turns == k
+        if chosen.any():
+            rotated[chosen] = torch.rot90(images[chosen], k, dims=(2, 3))
     return rotated, turns
 
 

@@ -16,11 +16,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from retinopathy import NUM_CLASSES
-from retinopathy.data import read_column
+from retinopathy.data import listing, read_column, table_problems
 
 
 @dataclass(frozen=True)
@@ -41,52 +39,8 @@ SOURCES = tuple(LAYOUTS)
 
 # The course layout keeps its CSVs next to the images, so only these count as image files there.
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp"}
-# Table problems of one kind named in an error before "and N more".
-MAX_LISTED = 20
-
-
 class SourceError(ValueError):
     """One or more problems in a data set's label tables; the message lists each of them."""
-
-
-def _listing(items: list[str]) -> str:
-    shown = "\n    ".join(items[:MAX_LISTED])
-    more = f"\n    ... and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-    return f"\n    {shown}{more}"
-
-
-def table_problems(frame: pd.DataFrame, source: str, *, first_row: int = 1, labelled: bool = True) -> list[str]:
-    """Labels outside 0..4 and duplicate or empty image names in one table, each naming file and row.
-
-    Args:
-        frame: columns ``image`` and (when ``labelled``) ``level``, as strings, in file order.
-        source: the file named in each message.
-        first_row: the line number of the first data row (2 below a header), so rows read as in an editor.
-    """
-    problems = _label_problems(frame, source, first_row) if labelled else []
-    first = first_row
-    names = frame["image"].fillna("").astype(str)
-    empty = names == ""
-    if empty.any():
-        problems.append(f"{source}: {int(empty.sum())} row(s) without an image name:{_listing([f'row {i + first}' for i in np.flatnonzero(empty)])}")
-    dup = names.duplicated(keep=False) & ~empty
-    if dup.any():
-        where = pd.Series(np.flatnonzero(dup) + first, index=names[dup].to_numpy()).groupby(level=0).agg(list)
-        rows = [f"{name!r} at rows {', '.join(map(str, at))}" for name, at in where.items()]
-        problems.append(f"{source}: {len(rows)} image name(s) listed more than once:{_listing(rows)}")
-    return problems
-
-
-def _label_problems(frame: pd.DataFrame, source: str, first: int) -> list[str]:
-    numeric = pd.to_numeric(frame["level"], errors="coerce")
-    bad = numeric.isna() | ~numeric.isin(range(NUM_CLASSES))
-    if bad.any():
-        rows = [f"row {i + first}: {frame['image'].iat[i]!r} has label {frame['level'].iat[i]!r}" for i in np.flatnonzero(bad)]
-        hint = ""
-        if first == 1 and bad.iat[0] and not str(frame["level"].iat[0]).strip().lstrip("-").isdigit():
-            hint = " (row 1 looks like a header, but this layout's CSVs have none)"
-        return [f"{source}: {int(bad.sum())} label(s) outside 0..{NUM_CLASSES - 1}{hint}:{_listing(rows)}"]
-    return []
 
 
 def _finish(tables: dict[str, pd.DataFrame], problems: list[str], root: Path, layout: Layout) -> dict[str, pd.DataFrame]:
@@ -97,7 +51,7 @@ def _finish(tables: dict[str, pd.DataFrame], problems: list[str], root: Path, la
         for second in splits[i + 1 :]:
             both = sorted(set(tables[first]["image"]) & set(tables[second]["image"]))
             if both:
-                problems.append(f"{root}: {len(both)} image(s) listed in both {first} and {second}:{_listing(both)}")
+                problems.append(f"{root}: {len(both)} image(s) listed in both {first} and {second}:{listing(both)}")
     if problems:
         raise SourceError(f"{len(problems)} problem(s) in the label tables under {root}:\n  " + "\n  ".join(problems))
     image_dir = root / layout.image_dir
