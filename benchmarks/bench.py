@@ -38,12 +38,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from retinopathy.data import FundusDataset, build_transform, load_rgb
+from retinopathy.data import FundusDataset, build_transform, load_rgb, make_loader
 from retinopathy.fundus import crop_to_fov
 from retinopathy.models import build_model
 from retinopathy.params import get, load_params
 from retinopathy.synthetic import render_fundus
-from retinopathy.training import make_loader, make_optimizer, make_schedule, prepare_model, train_one_epoch
+from retinopathy.training import make_optimizer, make_schedule, prepare_model, train_one_epoch
 from retinopathy.utils import atomic_path, select_device, write_json
 
 ROOT = Path(__file__).resolve().parents[1]

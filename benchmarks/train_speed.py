@@ -63,7 +63,7 @@ def measure(arch: str, *, size: int, batch: int, steps: int, warmup: int, device
 def stage_check(device: str, size: int, batch: int) -> dict:
     """One epoch of ``train_variant`` (the train stage's code) on a small generated set at ``size`` px."""
     from retinopathy.embedded import SyntheticSpec, write_synthetic_set
-    from retinopathy.pipeline import train_variant
+    from retinopathy.variants import train_variant
     from retinopathy.preprocessing import CropSettings, build_processed_set
     from retinopathy.sources import read_course
 

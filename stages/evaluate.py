@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from retinopathy.evaluation import evaluate_variant
 from retinopathy.params import check_known, get, load_params
-from retinopathy.pipeline import evaluate_variant
 
 
 def main() -> None:
@@ -23,6 +23,8 @@ def main() -> None:
         metrics_out=f"metrics/eval/{args.variant}.json",
         predictions_out=f"metrics/predictions/{args.variant}.csv",
         batch_size=get(params, "evaluate.batch_size", int),
+        device=get(params, "device", str),
+        num_workers=get(params, "num_workers", int),
     )
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from retinopathy.figures import make_figures
 from retinopathy.params import check_known, get, load_params
-from retinopathy.pipeline import make_figures
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from retinopathy.params import check_known, get, load_params
-from retinopathy.preprocessing import BAD_IMAGE_POLICIES, CropSettings, build_processed_set
+from retinopathy.preprocessing import BAD_IMAGE_POLICIES, LEAK_POLICIES, CropSettings, build_processed_set
 from retinopathy.sources import SOURCES, read_source, unlisted_images
 
 
@@ -19,7 +19,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    check_known(params, "data", ["source", "root", "val_fraction", "test_fraction"])
+    check_known(params, "data", ["source", "root", "val_fraction", "test_fraction", "on_split_leak"])
     check_known(params, "preprocess", ["size", "fov_threshold", "graham", "graham_sigma", "workers", "on_bad_image"])
     source = get(params, "data.source", str, choices=SOURCES)
     root = Path(get(params, "data.root", str))
@@ -40,6 +40,7 @@ def main() -> None:
         seed=get(params, "seed", int),
         workers=get(params, "preprocess.workers", int),
         on_bad_image=get(params, "preprocess.on_bad_image", str, choices=BAD_IMAGE_POLICIES),
+        on_split_leak=get(params, "data.on_split_leak", str, choices=LEAK_POLICIES),
         unlisted=unlisted_images(source, root, tables),
         report_path=args.report,
     )

@@ -6,8 +6,7 @@ import argparse
 
 from retinopathy.models import ARCHITECTURES
 from retinopathy.params import check_known, get, load_params
-from retinopathy.pipeline import pretrain_backbone
-from retinopathy.pretraining import METHODS, SOURCES
+from retinopathy.pretraining import METHODS, SOURCES, pretrain_backbone
 from retinopathy.training import OPTIMIZERS
 
 

@@ -7,10 +7,11 @@ import os
 import sys
 from pathlib import Path
 
+from retinopathy.distributed import torchrun_command, under_torchrun
 from retinopathy.models import ARCHITECTURES
 from retinopathy.params import ParamsError, check_known, get, load_params
-from retinopathy.pipeline import train_variant
-from retinopathy.training import CLASS_WEIGHTING, OPTIMIZERS, SCHEDULES, SELECT_ON, TrainConfig, torchrun_command, under_torchrun
+from retinopathy.training import CLASS_WEIGHTING, OPTIMIZERS, SCHEDULES, SELECT_ON, TrainConfig
+from retinopathy.variants import train_variant
 
 # Top-level keys: training hyperparameters, then the other stages' sections.
 TOP_LEVEL = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting",

@@ -13,7 +13,7 @@ from torchvision.models import ResNet18_Weights
 from retinopathy.data import build_transform, processed_dataset
 from retinopathy.models import resnet18
 from retinopathy.pretraining import imagenet_state_dict, load_backbone, rotation_pretrain
-from retinopathy.training import make_loader
+from retinopathy.data import make_loader
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from retinopathy.models import build_model
-from retinopathy.pipeline import train_variant
+from retinopathy.variants import train_variant
 from retinopathy.training import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -226,3 +226,53 @@ def test_dvc_tracks_a_data_root_outside_the_repository(tmp_path: Path) -> None:
     assert "up to date" in _run(["dvc", "status", "preprocess"], repo)
     _photo(110, 80, 0.45).save(data / "train" / "10_left.jpeg")  # the data changed on the mount
     assert "modified" in _run(["dvc", "status", "preprocess"], repo)
+
+
+def _leaky_course(root: Path) -> None:
+    """A course layout whose given split puts 16_left in train and 16_right in test, and whose
+    unlabelled pool holds 19_right, the other eye of a test patient."""
+    make_layout(root, "course")
+    names = _names("course")
+    train, test = names[:7], names[7:11]  # 16_right (index 7) lands in test, 19_right (index 11) in the pool
+    (root / "train_img.csv").write_text("".join(f"{n}\n" for n in train))
+    (root / "train_label.csv").write_text("".join(f"{v}\n" for v in LEVELS[:7]))
+    (root / "test_img.csv").write_text("".join(f"{n}\n" for n in test))
+    (root / "test_label.csv").write_text("".join(f"{v}\n" for v in LEVELS[7:11]))
+    _photo(100, 80, 0.45).save(root / "21_left.jpeg")
+    (root / "unlabeled_img.csv").write_text(f"{names[11]}\n21_left\n")
+
+
+def test_leaking_course_split_is_kept_by_default_and_its_patients_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _leaky_course(tmp_path / "raw")
+    _build(tmp_path / "raw", "course", tmp_path)
+    leaks = json.loads((tmp_path / "report.json").read_text())["split_leaks"]
+    assert leaks["policy"] == "warn" and leaks["patient_count"] == 1
+    (patient,) = leaks["patients"]
+    assert patient["patient"] == "16" and patient["test"] == ["16_right"]
+    assert patient.get("train", []) + patient.get("val", []) == ["16_left"]
+    assert "1 patient(s) have eyes on both sides" in capsys.readouterr().err
+    assert pd.read_csv(tmp_path / "processed" / "test.csv")["image"].tolist() == _names("course")[7:11]
+    # the pool never holds a test patient's eye, whatever the policy
+    assert leaks["pool_images_of_test_patients_dropped"] == ["19_right"]
+    assert pd.read_csv(tmp_path / "processed" / "unlabeled.csv")["image"].tolist() == ["21_left"]
+
+
+def test_leaking_split_stops_with_error_policy_naming_the_patient(tmp_path: Path) -> None:
+    _leaky_course(tmp_path / "raw")
+    with pytest.raises(ValueError, match=r"1 patient\(s\) have eyes on both sides") as caught:
+        _build(tmp_path / "raw", "course", tmp_path, on_split_leak="error")
+    assert "'16'" in str(caught.value) and "16_left" in str(caught.value) and "16_right" in str(caught.value)
+    assert not (tmp_path / "processed").exists()
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "stopped on split leak" and report["split_leaks"]["patients"][0]["patient"] == "16"
+
+
+def test_resplit_moves_a_leaking_patient_to_test(tmp_path: Path) -> None:
+    _leaky_course(tmp_path / "raw")
+    _build(tmp_path / "raw", "course", tmp_path, on_split_leak="resplit")
+    frames = {split: pd.read_csv(tmp_path / "processed" / f"{split}.csv") for split in ("train", "val", "test")}
+    patients = {split: set(f["image"].map(patient_of)) for split, f in frames.items()}
+    assert "16" in patients["test"] and "16" not in patients["train"] | patients["val"]
+    assert set(frames["test"]["image"]) == set(_names("course")[7:11]) | {"16_left"}
+    leaks = json.loads((tmp_path / "report.json").read_text())["split_leaks"]
+    assert len(leaks["moved"]) == 1 and leaks["moved"][0].startswith("16_left (")

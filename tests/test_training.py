@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from retinopathy.pipeline import evaluate_variant, train_variant
+from retinopathy.evaluation import evaluate_variant
+from retinopathy.variants import train_variant
 from retinopathy.training import TrainConfig, class_weights, make_optimizer, make_schedule
 
 TINY = TrainConfig(lr=0.01, batch_size=8, epochs=2, seed=3)

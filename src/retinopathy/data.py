@@ -8,19 +8,21 @@ first image of each file.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from sklearn.model_selection import StratifiedGroupKFold
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
 from retinopathy import NUM_CLASSES
+from retinopathy.images import open_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -115,17 +117,37 @@ def split_by_patient(frame: pd.DataFrame, *, fraction: float, seed: int) -> tupl
     return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
 
 
-def label_balance(levels: Sequence[int]) -> dict[str, list[float] | int]:
-    """Counts, proportions and inverse-frequency class weights (mean 1 over samples) for one split."""
+CLASS_WEIGHTING = ("none", "inverse", "sqrt_inverse")
+
+
+def class_weight_values(labels: Iterable[int], mode: str) -> np.ndarray | None:
+    """Loss weights per grade: ``inverse`` frequency, its square root (gentler), or None for ``none``.
+
+    Scaled so the weighted mean over the given samples is 1, so ``lr`` keeps its meaning whatever
+    the scheme. Training and ``label_balance.json`` both call this, so the report shows the
+    weights that training uses.
+    """
+    if mode not in CLASS_WEIGHTING:
+        raise ValueError(f"class_weighting {mode!r}; choose one of {CLASS_WEIGHTING}")
+    if mode == "none":
+        return None
+    counts = np.bincount(np.asarray(list(labels), dtype=np.int64), minlength=NUM_CLASSES).astype(np.float64)
+    inv = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
+    weights = np.sqrt(inv) if mode == "sqrt_inverse" else inv
+    return weights / (weights * counts).sum() * counts.sum()
+
+
+def label_balance(levels: Sequence[int]) -> dict[str, Any]:
+    """Counts, proportions and the loss weights each ``class_weighting`` scheme would give this split."""
     counts = np.bincount(np.asarray(levels, dtype=np.int64), minlength=NUM_CLASSES)
     total = int(counts.sum())
     proportions = counts / max(total, 1)
-    weights = np.where(counts > 0, total / (NUM_CLASSES * np.maximum(counts, 1)), 0.0)
+    weights = {mode: class_weight_values(levels, mode) for mode in CLASS_WEIGHTING if mode != "none"}
     return {
         "total": total,
         "counts": counts.tolist(),
         "proportions": [round(float(p), 4) for p in proportions],
-        "class_weights": [round(float(w), 4) for w in weights],
+        "class_weights": {mode: [round(float(w), 4) for w in values] for mode, values in weights.items()},
     }
 
 
@@ -150,14 +172,8 @@ def build_transform(
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image as RGB, naming the file when it is missing or unreadable."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ValueError(f"corrupt or unreadable image {path}: {exc}") from exc
+    """Open an image upright as 8-bit RGB (see :func:`retinopathy.images.open_rgb`), naming the file when it is missing or unreadable."""
+    return open_rgb(path)[0]
 
 
 class FundusDataset(Dataset):
@@ -213,3 +229,41 @@ def processed_dataset(
     """A split of the preprocess stage's output (``<data_dir>/<split>.csv`` and ``<data_dir>/<split>/``)."""
     data_dir = Path(data_dir)
     return FundusDataset(data_dir / f"{split}.csv", data_dir / split, transform, suffix=".png", labelled=labelled)
+
+
+def read_stats(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The processed set's ``stats.json`` (channel mean/std of train, image size)."""
+    path = Path(data_dir) / "stats.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the preprocess stage first (dvc repro preprocess)")
+    return json.loads(path.read_text())
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    train: bool,
+    num_workers: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+    sampler: Sampler | None = None,
+) -> DataLoader:
+    """DataLoader with shuffling for training; pinned memory and persistent workers where they help.
+
+    ``sampler`` replaces the shuffle (under torchrun: a ``DistributedSampler`` drawing this
+    process's share; ``batch_size`` is then per process). The last, short training batch is
+    dropped: a batch of one breaks BatchNorm.
+    """
+    count = len(sampler) if sampler is not None else len(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train and sampler is None,
+        sampler=sampler,
+        drop_last=train and count > batch_size,
+        num_workers=num_workers,
+        generator=generator,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+    )

@@ -35,8 +35,14 @@ def find_fov(image: Image.Image, *, threshold: int = 20) -> FieldOfView:
     near the circle's edge a chord is ``2 * sqrt(2 * r * d)`` pixels long ``d`` pixels in, so the
     extent moves by well under a pixel.
 
+    A field of view is dark outside: when more than half of the frame's pixels outside the fitted
+    circle are bright (an all-white or uniformly bright frame, a photograph of something else), or
+    the circle leaves too little of the frame outside it to tell, there is no field of view, and
+    cropping the whole frame would feed training a picture that is not a fundus.
+
     Raises:
-        ValueError: if no pixel is brighter than ``threshold`` (an all-black image).
+        ValueError: if no pixel is brighter than ``threshold`` (an all-black image), or the frame
+            is not dark outside the fitted circle; the message starts "no field of view found".
     """
     gray = np.asarray(image.convert("L"), dtype=np.uint8)
     mask = gray > threshold
@@ -56,7 +62,45 @@ def find_fov(image: Image.Image, *, threshold: int = 20) -> FieldOfView:
         half_chord = (line[-1] - line[0] + 1) / 2.0 if line.size else 0.0
         offset = np.sqrt(max(radius**2 - half_chord**2, 0.0))
         estimates.append(row + sign * offset)
-    return FieldOfView(cx=float(cx), cy=float(np.mean(estimates)), radius=float(radius))
+    fov = FieldOfView(cx=float(cx), cy=float(np.mean(estimates)), radius=float(radius))
+    problem = _outside_problem(mask, fov, threshold)
+    if problem:
+        raise ValueError(f"no field of view found: {problem}")
+    return fov
+
+
+# Beyond the circle by this fraction of its radius (at least 2 px), a pixel is outside: the anti-aliased
+# or JPEG-blurred rim and a fit that is off by a pixel stay inside.
+OUTSIDE_MARGIN = 0.03
+# A field of view is dark outside; a stray label or glare in the border stays far below half.
+MAX_BRIGHT_OUTSIDE = 0.5
+# With fewer outside pixels than this share of the frame, nothing shows that the circle has a dark border.
+# A circle as wide as the frame, cut at top and bottom to a 2:1 strip, still leaves ~2.4% (a 2.4:1 strip ~1.2%).
+MIN_OUTSIDE_SHARE = 0.005
+
+
+def _outside_problem(mask: np.ndarray, fov: FieldOfView, threshold: int) -> str | None:
+    """Why ``fov`` is no field of view of ``mask`` (the pixels brighter than ``threshold``), or None if it is."""
+    height, width = mask.shape
+    # A grid of ~256 rows measures a share as well as every pixel does, and keeps camera-sized frames cheap.
+    step = max(1, min(height, width) // 256)
+    ys = np.arange(0, height, step, dtype=np.float64)[:, None]
+    xs = np.arange(0, width, step, dtype=np.float64)[None, :]
+    reach = fov.radius + max(2.0, OUTSIDE_MARGIN * fov.radius)
+    outside = (xs - fov.cx) ** 2 + (ys - fov.cy) ** 2 > reach**2
+    count = int(outside.sum())
+    if count < max(4, MIN_OUTSIDE_SHARE * outside.size):
+        return (
+            f"the fitted circle (radius {fov.radius:.0f} px) fills the {width}x{height} frame, "
+            "leaving no dark border to show it is a fundus"
+        )
+    bright = float(mask[::step, ::step][outside].mean())
+    if bright > MAX_BRIGHT_OUTSIDE:
+        return (
+            f"{bright:.0%} of the frame outside the fitted circle (radius {fov.radius:.0f} px) is brighter than "
+            f"{threshold}, where a fundus photograph is black"
+        )
+    return None
 
 
 def crop_square(image: Image.Image, fov: FieldOfView, size: int) -> Image.Image:

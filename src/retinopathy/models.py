@@ -162,3 +162,19 @@ def build_model(arch: str, *, num_classes: int = 5, zero_init_residual: bool = F
     except KeyError:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}") from None
     return builder(num_classes=num_classes, zero_init_residual=zero_init_residual)
+
+
+def backbone_state(model: ResNet) -> dict[str, torch.Tensor]:
+    """The model's weights without the classifier head, on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+
+
+def load_backbone(model: ResNet, state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+    """Load backbone weights strictly: every parameter but ``fc`` must be present and match in shape."""
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches raise even when strict=False
+        raise ValueError(f"{source} does not fit the model: {exc}") from exc
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -11,19 +11,21 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
-from retinopathy.data import label_balance, split_by_patient
+from retinopathy.data import label_balance, patient_of, split_by_patient
 from retinopathy.fundus import crop_square, find_fov, local_average_subtraction
+from retinopathy.images import open_rgb
 from retinopathy.utils import atomic_path, write_json
 
 BAD_IMAGE_POLICIES = ("error", "skip")
@@ -69,7 +71,8 @@ def default_workers() -> int:
 
 
 def open_image(path: Path, *, min_side: int | None = None) -> tuple[Image.Image, bool]:
-    """Decode ``path`` as RGB; a JPEG at the smallest scale whose shorter side is at least ``min_side``.
+    """Decode ``path`` upright as 8-bit RGB (see :func:`retinopathy.images.open_rgb`); a JPEG at the smallest
+    scale whose shorter side is at least ``min_side``.
 
     Returns:
         The image and whether it was decoded at reduced scale.
@@ -78,16 +81,7 @@ def open_image(path: Path, *, min_side: int | None = None) -> tuple[Image.Image,
         FileNotFoundError: naming the missing file.
         ValueError: naming a corrupt, truncated or unreadable file.
     """
-    try:
-        with Image.open(path) as img:
-            full = img.size
-            if min_side is not None and img.format == "JPEG":
-                img.draft("RGB", (min_side, min_side))
-            return img.convert("RGB"), img.size != full
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"corrupt or unreadable image {path}: {exc}") from exc
+    return open_rgb(path, draft_side=min_side)
 
 
 def process_image(src: Path, dst: Path, settings: CropSettings) -> Processed:
@@ -155,6 +149,86 @@ def assign_splits(
     return splits
 
 
+LEAK_POLICIES = ("error", "warn", "resplit")
+LABELLED_SPLITS = ("train", "val", "test")
+
+
+class SplitLeakError(ValueError):
+    """Patients with eyes on both sides of a given split; the message lists them."""
+
+
+def split_leaks(splits: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
+    """Patients whose eyes fall in more than one of train, val and test, each with its images per split.
+
+    The patient is the part of the image name before ``_left``/``_right`` (:func:`patient_of`).
+    """
+    where: dict[str, dict[str, list[str]]] = {}
+    for split in LABELLED_SPLITS:
+        for image in splits.get(split, pd.DataFrame(columns=["image"]))["image"]:
+            where.setdefault(patient_of(str(image)), {}).setdefault(split, []).append(str(image))
+    return [{"patient": patient, **sides} for patient, sides in sorted(where.items()) if len(sides) > 1]
+
+
+def resolve_split_leaks(
+    splits: dict[str, pd.DataFrame], policy: str
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Apply ``data.on_split_leak`` and keep every test patient out of the pretraining pool.
+
+    ``error`` stops, listing the leaking patients; ``warn`` keeps the given split (so results stay
+    comparable with others who use it) and lists them; ``resplit`` moves each leaking patient's
+    eyes to test when one of them is there (the given test set stays whole), else to val. Whatever
+    the policy, pool images of patients with an eye in test are dropped: self-supervised
+    pretraining on them would show the network the other eye of a test patient.
+
+    Returns:
+        The splits to process, and the report's ``split_leaks`` section.
+    """
+    if policy not in LEAK_POLICIES:
+        raise ValueError(f"data.on_split_leak must be one of {list(LEAK_POLICIES)}, got {policy!r}")
+    leaks = split_leaks(splits)
+    if leaks and policy == "error":
+        lines = [", ".join(f"{split}: {', '.join(leak[split])}" for split in LABELLED_SPLITS if split in leak) for leak in leaks]
+        shown = "\n    ".join(f"patient {leak['patient']!r}: {line}" for leak, line in list(zip(leaks, lines))[:20])
+        more = f"\n    ... and {len(leaks) - 20} more" if len(leaks) > 20 else ""
+        raise SplitLeakError(
+            f"{len(leaks)} patient(s) have eyes on both sides of the given split, so test scores would be inflated:"
+            f"\n    {shown}{more}\n"
+            "Set data.on_split_leak: warn to keep the split as given (listed in the report) or resplit to move them to one side."
+        )
+    out = dict(splits)
+    moved: list[str] = []
+    if leaks and policy == "resplit":
+        for leak in leaks:
+            target = "test" if "test" in leak else "val"
+            for split in LABELLED_SPLITS:
+                if split in leak and split != target:
+                    frame = out[split]
+                    leaving = frame["image"].isin(leak[split])
+                    out[target] = pd.concat([out[target], frame[leaving]], ignore_index=True)
+                    out[split] = frame[~leaving].reset_index(drop=True)
+                    moved += [f"{image} ({split} -> {target})" for image in leak[split]]
+    pool_dropped: list[str] = []
+    if "unlabeled" in out:
+        test_patients = {patient_of(str(image)) for image in out["test"]["image"]}
+        in_test = out["unlabeled"]["image"].map(lambda image: patient_of(str(image)) in test_patients)
+        pool_dropped = out["unlabeled"].loc[in_test, "image"].astype(str).tolist()
+        out["unlabeled"] = out["unlabeled"][~in_test].reset_index(drop=True)
+    if leaks and policy == "warn":
+        print(
+            f"WARNING: {len(leaks)} patient(s) have eyes on both sides of the given split (kept as given, "
+            f"data.on_split_leak: warn); they are listed under split_leaks in the preprocess report",
+            file=sys.stderr,
+        )
+    report = {
+        "policy": policy,
+        "patient_count": len(leaks),
+        "patients": leaks,
+        "moved": moved,
+        "pool_images_of_test_patients_dropped": pool_dropped,
+    }
+    return out, report
+
+
 def _split(frame: pd.DataFrame, *, fraction: float, seed: int, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``split_by_patient``, with an error that says which split could not be made and why."""
     try:
@@ -198,6 +272,7 @@ def build_processed_set(
     workers: int = 0,
     test_fraction: float = 0.2,
     on_bad_image: str = "error",
+    on_split_leak: str = "warn",
     unlisted: Sequence[str] = (),
     report_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, int]:
@@ -217,8 +292,14 @@ def build_processed_set(
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise ValueError(f"on_bad_image must be one of {list(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
     splits = assign_splits(tables, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
-    workers = workers or default_workers()
     report_path = Path(report_path) if report_path is not None else None
+    try:
+        splits, leaks = resolve_split_leaks(splits, on_split_leak)
+    except SplitLeakError:
+        if report_path is not None:
+            write_json(report_path, {"status": "stopped on split leak", "split_leaks": {"policy": on_split_leak, "patients": split_leaks(splits)}})
+        raise
+    workers = workers or default_workers()
     rows = [(split, name, Path(path)) for split, frame in splits.items() for name, path in zip(frame["image"], frame["path"])]
     with atomic_path(out_dir) as tmp:
         for split in splits:
@@ -239,6 +320,7 @@ def build_processed_set(
             "bad_images": bad,
             "unlisted_file_count": len(unlisted),
             "unlisted_files": list(unlisted),
+            "split_leaks": leaks,
             "size": settings.size,
             "workers": workers,
             "seconds": round(seconds, 2),

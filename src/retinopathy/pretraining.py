@@ -9,6 +9,7 @@ orients by. One forward pass per image keeps it cheap enough for a CPU budget.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -17,30 +18,16 @@ if TYPE_CHECKING:
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
-from retinopathy.models import ResNet, build_model
+from retinopathy.data import IMAGENET_MEAN, IMAGENET_STD, build_transform, make_loader, processed_dataset, read_stats
+from retinopathy.models import ResNet, backbone_state, build_model, load_backbone
 from retinopathy.training import make_optimizer, make_schedule, train_one_epoch
+from retinopathy.utils import save_checkpoint, seed_everything, select_device
 
 SOURCES = ("selfsup", "imagenet")
 METHODS = ("simclr", "rotation")
-
-
-def backbone_state(model: ResNet) -> dict[str, torch.Tensor]:
-    """The model's weights without the classifier head, on the CPU."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-
-
-def load_backbone(model: ResNet, state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
-    """Load backbone weights strictly: every parameter but ``fc`` must be present and match in shape."""
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches raise even when strict=False
-        raise ValueError(f"{source} does not fit the model: {exc}") from exc
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise ValueError(f"{source} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
 
 def _rotate_batch(images: torch.Tensor, _labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +59,7 @@ def rotation_pretrain(
         The model (its ``fc`` is the 4-way rotation head) and per-epoch pretext loss/accuracy.
     """
     model = build_model(arch, num_classes=4, zero_init_residual=zero_init_residual).to(device)
-    opt = make_optimizer(optimizer, model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = make_optimizer(optimizer, model, lr=lr, momentum=momentum, weight_decay=weight_decay)
     schedule = make_schedule("cosine", opt, total_steps=epochs * len(loader))
     criterion = nn.CrossEntropyLoss()
     history = []
@@ -148,7 +135,7 @@ def simclr_pretrain(
     width = model.fc.in_features
     model.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
     model.to(device)
-    opt = make_optimizer(optimizer, model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = make_optimizer(optimizer, model, lr=lr, momentum=momentum, weight_decay=weight_decay)
     schedule = make_schedule("cosine", opt, total_steps=epochs * len(loader))
     history = []
     for epoch in range(1, epochs + 1):
@@ -202,3 +189,52 @@ def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     model = build_model(arch, num_classes=1000)
     model.load_state_dict(state, strict=True)  # our ResNet must match torchvision's names exactly
     return backbone_state(model)
+
+
+def pretrain_backbone(
+    arch: str,
+    *,
+    source: str,
+    method: str,
+    data_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    optimizer: str,
+    weight_decay: float,
+    momentum: float,
+    seed: int,
+    zero_init_residual: bool = False,
+    num_workers: int = 0,
+    device: str = "auto",
+) -> None:
+    """Write ``out``: backbone weights of ``arch`` and the normalisation they expect."""
+    stats = read_stats(data_dir)
+    start = time.perf_counter()
+    if source == "imagenet":
+        state, mean, std, history = imagenet_state_dict(arch), list(IMAGENET_MEAN), list(IMAGENET_STD), []
+    elif source == "selfsup":
+        generator = seed_everything(seed)
+        dev = select_device(device)
+        if method == "rotation":
+            transform = build_transform(mean=stats["mean"], std=stats["std"], train=False)
+        elif method == "simclr":
+            transform = TwoViews(contrastive_transform(stats["size"], mean=stats["mean"], std=stats["std"]))
+        else:
+            raise ValueError(f"unknown pretrain.method {method!r}; choose rotation or simclr")
+        # Labels are never read: the pool and the training images are used as unlabelled pictures.
+        parts = [processed_dataset(data_dir, "train", transform)]
+        if (Path(data_dir) / "unlabeled.csv").is_file():
+            parts.append(processed_dataset(data_dir, "unlabeled", transform, labelled=False))
+        loader = make_loader(ConcatDataset(parts), batch_size=batch_size, train=True, num_workers=num_workers, generator=generator, device=dev)
+        common = dict(optimizer=optimizer, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, device=dev, zero_init_residual=zero_init_residual)
+        if method == "rotation":
+            model, history = rotation_pretrain(arch, loader, **common)
+        else:
+            model, history = simclr_pretrain(arch, loader, **common)
+        state, mean, std = backbone_state(model), stats["mean"], stats["std"]
+    else:
+        raise ValueError(f"unknown pretrain.source {source!r}; choose selfsup or imagenet")
+    save_checkpoint(out, {"arch": arch, "source": source, "method": method if source == "selfsup" else None, "state_dict": state, "mean": mean, "std": std, "history": history})
+    print(f"pretrain {arch} ({source}) written to {out} in {time.perf_counter() - start:.1f}s")

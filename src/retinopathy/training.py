@@ -1,43 +1,35 @@
 """The supervised training loop: one epoch at a time, model chosen on validation, never on test.
 
-Also what lets one run use more hardware and survive interruption: the CUDA fast path (mixed
-precision, channels_last, cuDNN autotuning, optional ``torch.compile``), DistributedDataParallel
-under torchrun, and a per-epoch resume checkpoint. On a single CPU process all of it is off.
+Read top to bottom: optimizer and schedule, one epoch of optimisation, one evaluation pass, and
+:func:`fit`, which runs the epochs and keeps the best validation epoch. Where the run is spread
+over processes (``distributed.py``) or resumed after a kill (``resume.py``), those modules do the
+plumbing; on a single CPU process all of it is off.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
-import hashlib
-import json
 import math
-import os
-import random
-import signal
-import sys
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
-from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from retinopathy import NUM_CLASSES
+from retinopathy.data import CLASS_WEIGHTING, class_weight_values
+from retinopathy.distributed import SINGLE, Distributed, broadcast, gather
+from retinopathy.inference import autocast_for, memory_format_for, predict
 from retinopathy.metrics import accuracy, quadratic_weighted_kappa
-from retinopathy.utils import save_checkpoint
+from retinopathy.resume import ResumeCheckpoint, rng_state, set_rng_state
+
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
-CLASS_WEIGHTING = ("none", "inverse", "sqrt_inverse")
 SELECT_ON = ("kappa", "accuracy", "loss")
 
 
@@ -79,143 +71,36 @@ class FitResult:
     seconds: float = 0.0  # time spent in epochs, summed over every run that contributed (resumes)
 
 
-@dataclass(frozen=True)
-class Distributed:
-    """Where this process sits in a torchrun job; the defaults describe a process running alone."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 evaluates, logs and writes every file."""
-        return self.rank == 0
-
-
-SINGLE = Distributed()
-
-
-def under_torchrun() -> bool:
-    """Whether this process was started by torchrun (which sets ``LOCAL_RANK`` for each worker)."""
-    return "LOCAL_RANK" in os.environ
-
-
-def torchrun_command(nproc: int, script: str | os.PathLike[str], args: Sequence[str]) -> list[str]:
-    """The command that reruns ``script args`` as ``nproc`` processes on this machine under torchrun.
-
-    ``--standalone`` picks a free local port, so several such runs (``dvc queue start -j N``) can
-    share a machine. Multi-node runs call torchrun themselves with ``--nnodes`` and ``--rdzv-*``.
-    """
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script), *args]
-
-
-def _stop_with_launcher() -> None:
-    """Have Linux end this worker when its torchrun dies: killed with SIGKILL, torchrun cannot stop
-    its workers (each runs in a session of its own), which would otherwise train on as orphans."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
-
-
-def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
-    """Join the torchrun job described by the environment: gloo on CPU, NCCL with one GPU per process.
-
-    Returns:
-        This process's place in the job (``SINGLE`` outside torchrun) and the device it should use
-        (``cuda:<LOCAL_RANK>`` on CUDA).
-
-    Raises:
-        RuntimeError: when there are more processes on this machine than CUDA devices.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return SINGLE, device
-    world = Distributed(rank=int(os.environ["RANK"]), local_rank=int(os.environ["LOCAL_RANK"]), world_size=world_size)
-    _stop_with_launcher()
-    if device.type == "cuda":
-        if world.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"process {world.local_rank} of this machine needs its own GPU, but torch sees {torch.cuda.device_count()}: "
-                "lower nproc (or torchrun's --nproc_per_node) to the number of GPUs"
-            )
-        device = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        # Rank 0 evaluates alone after each epoch while the others wait in the next collective:
-        # allow that more than the default 10-30 minutes on large validation sets.
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=2))
-    return world, device
-
-
-def shutdown_distributed() -> None:
-    """Leave the torchrun job, if this process joined one."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
-def broadcast(obj: Any, world: Distributed = SINGLE) -> Any:
-    """Rank 0's ``obj`` on every process (``obj`` itself when running alone)."""
-    if not world.enabled:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def make_loader(
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    train: bool,
-    num_workers: int,
-    generator: torch.Generator | None,
-    device: torch.device,
-    world: Distributed = SINGLE,
-    seed: int = 0,
-) -> DataLoader:
-    """DataLoader with shuffling for training; pinned memory and persistent workers where they help.
-
-    Under torchrun the training loader draws this process's share of a permutation that depends on
-    ``seed`` and the epoch only (``DistributedSampler``); ``batch_size`` is then per process.
-    """
-    sampler = None
-    if train and world.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True, seed=seed)
-    count = len(sampler) if sampler is not None else len(dataset)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train and sampler is None,
-        sampler=sampler,
-        drop_last=train and count > batch_size,
-        num_workers=num_workers,
-        generator=generator,
-        pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
-    )
-
 
 def class_weights(labels: Iterable[int], mode: str) -> torch.Tensor | None:
-    """Loss weights per grade: ``inverse`` frequency, its square root (gentler), or ``none``."""
-    if mode not in CLASS_WEIGHTING:
-        raise ValueError(f"class_weighting {mode!r}; choose one of {CLASS_WEIGHTING}")
-    if mode == "none":
-        return None
-    counts = np.bincount(np.asarray(list(labels), dtype=np.int64), minlength=NUM_CLASSES).astype(np.float64)
-    inv = np.where(counts > 0, counts.sum() / np.maximum(counts, 1), 0.0)
-    weights = np.sqrt(inv) if mode == "sqrt_inverse" else inv
-    # Scale so the weighted mean over the training samples is 1: lr keeps its meaning.
-    weights = weights / (weights * counts).sum() * counts.sum()
-    return torch.tensor(weights, dtype=torch.float32)
+    """Loss weights per grade as a tensor (see :func:`retinopathy.data.class_weight_values`); None for ``none``."""
+    values = class_weight_values(labels, mode)
+    return None if values is None else torch.tensor(values, dtype=torch.float32)
 
 
-def make_optimizer(name: str, parameters: Iterable[nn.Parameter], *, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
-    """SGD with momentum (the study's choice), Adam or AdamW."""
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Parameter groups: weight decay on convolution and linear weights only.
+
+    Decaying BatchNorm scales and biases only shrinks them towards zero, which fights the
+    normalisation rather than regularising (the practice of torchvision's reference recipes).
+    """
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(
+    name: str, parameters: nn.Module | Iterable[nn.Parameter], *, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """SGD with momentum (the study's choice), Adam or AdamW.
+
+    Given a module, weight decay skips its BatchNorm parameters and biases (:func:`decay_groups`);
+    given bare parameters, it applies to all of them.
+    """
+    if isinstance(parameters, nn.Module):
+        parameters = decay_groups(parameters, weight_decay)
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if name == "adam":
@@ -236,13 +121,6 @@ def make_schedule(name: str, optimizer: torch.optim.Optimizer, *, total_steps: i
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     raise ValueError(f"lr_schedule {name!r}; choose one of {SCHEDULES}")
 
-
-def _autocast(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA where supported (else fp16); a no-op context on CPU."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
 
 
 def make_scaler(device: torch.device) -> torch.amp.GradScaler | None:
@@ -309,14 +187,14 @@ def train_one_epoch(
     """
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    memory_format = memory_format_for(device)
     bar = _progress(loader, world, desc=desc, leave=False, unit="batch")
     for images, labels in bar:
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         labels = torch.as_tensor(labels).to(device, non_blocking=True)
         if target_fn is not None:
             images, labels = target_fn(images, labels)
-        with _autocast(device):
+        with autocast_for(device):
             logits = model(images)
             loss = criterion(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -339,20 +217,6 @@ def train_one_epoch(
     return EpochStats(loss=total_loss / max(seen, 1), acc=correct / max(seen, 1))
 
 
-@torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities (N, classes) and the labels the loader gave, in loader order."""
-    model.eval()
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    probs, labels = [], []
-    for images, batch_labels in tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True):
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        with _autocast(device):
-            logits = model(images)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
-        labels.append(torch.as_tensor(batch_labels))
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
-
 
 def evaluate_split(model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module, *, desc: str) -> EpochStats:
     """Loss, accuracy and quadratic weighted kappa of the model on one split."""
@@ -360,99 +224,6 @@ def evaluate_split(model: nn.Module, loader: DataLoader, device: torch.device, c
     loss = criterion(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels).long()).item()
     preds = probs.argmax(1)
     return EpochStats(loss=loss, acc=accuracy(labels, preds), kappa=quadratic_weighted_kappa(labels, preds))
-
-
-def fingerprint(settings: dict[str, Any], files: Iterable[str | os.PathLike[str]] = ()) -> str:
-    """SHA-256 of ``settings`` (as sorted JSON) and of the bytes of each file, in the order given."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    for path in files:
-        path = Path(path)
-        digest.update(f"\0{path.name}\0".encode())
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def rng_state(generator: torch.Generator | None) -> dict[str, Any]:
-    """Every random stream training draws from: torch (CPU, CUDA), NumPy, Python, the loader's generator.
-
-    NumPy's state is stored as tensors and plain numbers, so the checkpoint loads with
-    ``weights_only=True``.
-    """
-    _, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    if generator is not None:
-        state["loader"] = generator.get_state()
-    return state
-
-
-def set_rng_state(state: dict[str, Any], generator: torch.Generator | None) -> None:
-    """Restore what :func:`rng_state` captured."""
-    torch.set_rng_state(state["torch"])
-    numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"], numpy["gauss"]))
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
-    if generator is not None and "loader" in state:
-        generator.set_state(state["loader"])
-
-
-class ResumeCheckpoint:
-    """A snapshot of an unfinished run after its last completed epoch, so a killed run carries on.
-
-    ``key`` fingerprints everything that produced the run (params, data, initial weights, code);
-    a snapshot made under another key is ignored and overwritten, so changed params start fresh.
-    Writes are atomic: a kill during a save leaves the previous epoch's snapshot.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], key: str) -> None:
-        self.path = Path(path)
-        self.key = key
-
-    def load(self) -> dict[str, Any] | None:
-        """The snapshot, or None when there is none or it belongs to other params.
-
-        Raises:
-            ValueError: naming the file when it exists but cannot be read.
-        """
-        if not self.path.is_file():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # truncated by a full disk, or written by an incompatible torch
-            raise ValueError(f"cannot read resume checkpoint {self.path}: {exc}; delete it to start afresh") from exc
-        if state.get("key") != self.key:
-            tqdm.write(f"{self.path} was made with other params, data or code: starting afresh")
-            return None
-        return state
-
-    def save(self, state: dict[str, Any]) -> None:
-        """Replace the snapshot atomically."""
-        save_checkpoint(self.path, {"key": self.key, **state})
-
-    def remove(self) -> None:
-        """Delete the snapshot once the run's outputs are written (and its folder, if now empty)."""
-        self.path.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.path.parent.rmdir()
-
-
-def _gather(obj: Any, world: Distributed) -> list[Any]:
-    """``obj`` from every process, in rank order (``[obj]`` when running alone)."""
-    if not world.enabled:
-        return [obj]
-    out: list[Any] = [None] * world.world_size
-    dist.all_gather_object(out, obj)
-    return out
 
 
 def fit(
@@ -482,12 +253,13 @@ def fit(
     raw, net = prepare_model(model, device, world=world, compile_model=config.compile, sync_bn=config.sync_bn)
     # Rank 0 evaluates alone, so not through DDP, whose forward may wait for the other processes.
     eval_net = raw if world.enabled else net
-    optimizer = make_optimizer(config.optimizer, raw.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config.optimizer, raw, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     schedule = make_schedule(config.lr_schedule, optimizer, total_steps=config.epochs * len(train_loader))
     scaler = make_scaler(device)
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
-    # Evaluation losses are unweighted NLL so they compare across weighting choices.
-    eval_criterion = nn.NLLLoss()
+    # Validation and test losses carry the same class weights as the training loss, so the three
+    # curves measure one quantity (training's is on augmented images, in training mode).
+    eval_criterion = nn.NLLLoss(weight=None if weights is None else weights.to("cpu"))
 
     best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(raw.state_dict())
     history: list[dict[str, float]] = []
@@ -528,7 +300,7 @@ def fit(
         seconds += time.perf_counter() - start
         if resume is not None:
             # Captured after evaluation, which draws from the global generator too.
-            rng = _gather(rng_state(train_loader.generator), world)
+            rng = gather(rng_state(train_loader.generator), world)
             if world.is_main:
                 resume.save({
                     "epoch": epoch,

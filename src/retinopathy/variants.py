@@ -1,0 +1,132 @@
+"""Stage train@<arch>-<pretrained>: one variant trained from its starting weights, best validation epoch kept."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from retinopathy import GRADES
+from retinopathy.data import build_transform, class_weight_values, make_loader, processed_dataset, read_stats
+from retinopathy.distributed import broadcast, distributed_sampler, init_distributed, shutdown_distributed
+from retinopathy.models import build_model, load_backbone
+from retinopathy.resume import ResumeCheckpoint, fingerprint
+from retinopathy.training import TrainConfig, class_weights, fit
+from retinopathy.utils import load_checkpoint, save_checkpoint, seed_everything, select_device, write_csv, write_json
+
+# A resume snapshot is only continued by the same code: every module of the package counts.
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def train_variant(
+    arch: str,
+    *,
+    pretrained: bool,
+    config: TrainConfig,
+    data_dir: str | os.PathLike[str],
+    pretrained_path: str | os.PathLike[str],
+    model_out: str | os.PathLike[str],
+    history_out: str | os.PathLike[str],
+    summary_out: str | os.PathLike[str],
+    flip: bool = True,
+    rotation: float = 0.0,
+    zero_init_residual: bool = False,
+    device: str = "auto",
+    resume_path: str | os.PathLike[str] | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> dict:
+    """Train one variant, keep the best validation epoch, write model, per-epoch history and summary.
+
+    Under torchrun (``WORLD_SIZE`` > 1) each process takes ``batch_size / processes`` of every
+    batch, and rank 0 alone evaluates and writes; every process returns the summary. With
+    ``resume_path``, a snapshot is kept there after each epoch and continued from by the next call
+    with the same params, data and code; it is deleted once the outputs are written.
+    """
+    generator = seed_everything(config.seed)
+    world, dev = init_distributed(select_device(device))
+    try:
+        if config.batch_size % world.world_size:
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by nproc {world.world_size}: each process takes an equal share of every batch")
+        model = build_model(arch, num_classes=len(GRADES), zero_init_residual=zero_init_residual)
+        init_files: list[Path] = []
+        if pretrained:
+            checkpoint = load_checkpoint(pretrained_path)
+            if checkpoint.get("arch") != arch:
+                raise ValueError(f"{pretrained_path} holds {checkpoint.get('arch')!r} weights, not {arch!r}")
+            load_backbone(model, checkpoint["state_dict"], source=str(pretrained_path))
+            mean, std = checkpoint["mean"], checkpoint["std"]
+            init_files.append(Path(pretrained_path))
+        else:
+            stats = read_stats(data_dir)
+            mean, std = stats["mean"], stats["std"]
+        if world.enabled:
+            # Same initial weights everywhere (above), then different augmentations on each process.
+            generator = seed_everything(config.seed + world.rank)
+        train_tf = build_transform(mean=mean, std=std, train=True, hflip=flip, vflip=flip, rotation=rotation)
+        eval_tf = build_transform(mean=mean, std=std, train=False)
+        datasets = {"train": processed_dataset(data_dir, "train", train_tf), **{split: processed_dataset(data_dir, split, eval_tf) for split in ("val", "test")}}
+        train_ds = datasets["train"]
+        loaders = {
+            "train": make_loader(
+                train_ds, batch_size=config.batch_size // world.world_size, train=True, num_workers=config.num_workers,
+                generator=generator, device=dev, sampler=distributed_sampler(train_ds, world, seed=config.seed),
+            ),
+            **{
+                split: make_loader(datasets[split], batch_size=config.batch_size, train=False, num_workers=config.num_workers, generator=None, device=dev)
+                for split in ("val", "test")
+            },
+        }
+        resume = None
+        if resume_path is not None:
+            # Tables and statistics change with any preprocessing change; image sizes guard the rest
+            # cheaply (hashing every image of a real set would take minutes).
+            settings = {
+                "arch": arch, "pretrained": pretrained, "config": asdict(config), "flip": flip, "rotation": rotation,
+                "zero_init_residual": zero_init_residual, "device": dev.type, "processes": world.world_size,
+                "image_bytes": [p.stat().st_size for ds in datasets.values() for p in ds.paths],
+            }
+            code = sorted(PACKAGE_DIR.glob("*.py"))
+            tables = [Path(data_dir) / name for name in ("train.csv", "val.csv", "test.csv", "stats.json")]
+            resume = ResumeCheckpoint(resume_path, fingerprint(settings, [*tables, *init_files, *code]))
+        weights = class_weight_values(train_ds.labels, config.class_weighting)
+        result = fit(
+            model,
+            train_loader=loaders["train"],
+            val_loader=loaders["val"],
+            test_loader=loaders["test"],
+            config=config,
+            device=dev,
+            weights=class_weights(train_ds.labels, config.class_weighting),
+            on_epoch=on_epoch,
+            world=world,
+            resume=resume,
+        )
+        summary = None
+        if world.is_main:
+            history = pd.DataFrame(result.history)
+            best = history.loc[history["epoch"] == result.best_epoch].iloc[0]
+            summary = {
+                "best_epoch": result.best_epoch,
+                "val_acc": round(float(best["val_acc"]), 4),
+                "val_kappa": round(float(best["val_kappa"]), 4),
+                "train_seconds": round(result.seconds, 1),
+                "images_per_second": round(len(train_ds) * config.epochs / result.seconds, 1),
+                "device": str(dev),
+                "class_weighting": config.class_weighting,
+                "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
+                **({"processes": world.world_size} if world.enabled else {}),
+            }
+            save_checkpoint(
+                model_out,
+                {"arch": arch, "pretrained": pretrained, "state_dict": result.best_state, "mean": mean, "std": std, "best_epoch": result.best_epoch, "config": asdict(config)},
+            )
+            write_csv(history_out, history.round(5), sep="\t")
+            write_json(summary_out, summary)
+            if resume is not None:
+                resume.remove()
+        return broadcast(summary, world)
+    finally:
+        shutdown_distributed()
