@@ -10,9 +10,11 @@ import pandas as pd
 import pytest
 import torch
 
+from retinopathy.data import label_balance
 from retinopathy.evaluation import evaluate_variant
-from retinopathy.variants import train_variant
+from retinopathy.models import resnet18
 from retinopathy.training import TrainConfig, class_weights, make_optimizer, make_schedule
+from retinopathy.variants import train_variant
 
 TINY = TrainConfig(lr=0.01, batch_size=8, epochs=2, seed=3)
 
@@ -26,6 +28,25 @@ def test_inverse_class_weights_favour_rare_grades_and_average_one() -> None:
     sqrt = class_weights(labels, "sqrt_inverse")
     assert float(sqrt[4] / sqrt[0]) == pytest.approx(float(np.sqrt(float(w[4] / w[0]))), rel=1e-5)
     assert class_weights(labels, "none") is None
+
+
+def test_label_balance_reports_the_weights_each_training_scheme_uses() -> None:
+    labels = [0] * 70 + [1] * 10 + [2] * 15 + [3] * 3 + [4] * 2
+    reported = label_balance(labels)["class_weights"]
+    assert set(reported) == {"inverse", "sqrt_inverse"}
+    for scheme, weights in reported.items():
+        assert weights == pytest.approx(class_weights(labels, scheme).tolist(), abs=1e-4)
+
+
+def test_weight_decay_skips_batchnorm_and_biases_of_a_module() -> None:
+    model = resnet18(num_classes=5)
+    opt = make_optimizer("adamw", model, lr=1e-3, momentum=0.9, weight_decay=0.05)
+    decayed, free = opt.param_groups
+    assert decayed["weight_decay"] == 0.05 and free["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in free["params"])
+    ids = {id(p) for p in free["params"]}
+    assert id(model.bn1.weight) in ids and id(model.fc.bias) in ids and id(model.fc.weight) not in ids
+    assert len(decayed["params"]) + len(free["params"]) == len(list(model.parameters()))
 
 
 def test_unknown_class_weighting_is_refused() -> None:
@@ -80,6 +101,7 @@ def test_history_has_train_val_test_per_epoch_and_best_epoch_is_chosen_on_valida
     assert summary["best_epoch"] == int(best["epoch"])
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["best_epoch"] == summary["best_epoch"]
+    assert saved["class_weighting"] == TINY.class_weighting and len(saved["class_weights"]) == 5
 
 
 def test_pretrained_variant_without_its_checkpoint_names_the_missing_file(processed_dir: Path, tmp_path: Path) -> None:
