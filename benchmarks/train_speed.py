@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from retinopathy.models import build_model
+from retinopathy.precision import resolve_precision
 from retinopathy.training import TrainConfig, make_optimizer, make_scaler, make_schedule, prepare_model, train_one_epoch
 from retinopathy.utils import select_device
 
@@ -32,7 +33,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(arch: str, *, size: int, batch: int, steps: int, warmup: int, device: torch.device, compile_model: bool) -> dict:
+def measure(
+    arch: str, *, size: int, batch: int, steps: int, warmup: int, device: torch.device, compile_model: bool, precision: str = "auto"
+) -> dict:
     """Images/s over ``steps`` training steps after ``warmup`` steps, and the peak memory allocated."""
     raw, net = prepare_model(build_model(arch, num_classes=5), device, compile_model=compile_model)
     where = next(raw.parameters()).device
@@ -40,7 +43,8 @@ def measure(arch: str, *, size: int, batch: int, steps: int, warmup: int, device
         raise RuntimeError(f"{arch} parameters are on {where}, not {device}")
     optimizer = make_optimizer("sgd", raw.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     schedule = make_schedule("constant", optimizer, total_steps=warmup + steps)
-    scaler, criterion = make_scaler(device), nn.CrossEntropyLoss()
+    precision, _ = resolve_precision(precision, device)
+    scaler, criterion = make_scaler(device, precision), nn.CrossEntropyLoss()
     images = torch.randn(batch, 3, size, size, device=device)
     labels = torch.randint(0, 5, (batch,), device=device)
     if device.type == "cuda":
@@ -48,24 +52,24 @@ def measure(arch: str, *, size: int, batch: int, steps: int, warmup: int, device
         torch.cuda.reset_peak_memory_stats(device)
     with contextlib.redirect_stderr(io.StringIO()):  # no progress bars in the table
         start = time.perf_counter()
-        train_one_epoch(net, [(images, labels)] * warmup, optimizer, schedule, criterion, device, scaler=scaler)
+        train_one_epoch(net, [(images, labels)] * warmup, optimizer, schedule, criterion, device, scaler=scaler, precision=precision)
         _sync(device)
         warm_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        stats = train_one_epoch(net, [(images, labels)] * steps, optimizer, schedule, criterion, device, scaler=scaler)
+        stats = train_one_epoch(net, [(images, labels)] * steps, optimizer, schedule, criterion, device, scaler=scaler, precision=precision)
         _sync(device)
         seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {"arch": arch, "size": size, "batch": batch, "images_per_s": batch * steps / seconds, "peak_gib": peak,
-            "warmup_s": warm_seconds, "loss": stats.loss, "device": str(where)}
+            "warmup_s": warm_seconds, "loss": stats.loss, "device": str(where), "precision": precision}
 
 
 def stage_check(device: str, size: int, batch: int) -> dict:
     """One epoch of ``train_variant`` (the train stage's code) on a small generated set at ``size`` px."""
     from retinopathy.embedded import SyntheticSpec, write_synthetic_set
-    from retinopathy.variants import train_variant
     from retinopathy.preprocessing import CropSettings, build_processed_set
     from retinopathy.sources import read_course
+    from retinopathy.variants import train_variant
 
     with tempfile.TemporaryDirectory(prefix="stage-check-") as tmp:
         tmp = Path(tmp)

@@ -6,6 +6,7 @@ import argparse
 
 from retinopathy.evaluation import evaluate_variant
 from retinopathy.params import check_known, get, load_params
+from retinopathy.precision import PRECISIONS
 
 
 def main() -> None:
@@ -25,6 +26,7 @@ def main() -> None:
         batch_size=get(params, "evaluate.batch_size", int),
         device=get(params, "device", str),
         num_workers=get(params, "num_workers", int),
+        precision=get(params, "precision", str, choices=PRECISIONS),
     )
 
 

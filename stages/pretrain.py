@@ -6,6 +6,7 @@ import argparse
 
 from retinopathy.models import ARCHITECTURES
 from retinopathy.params import check_known, get, load_params
+from retinopathy.precision import PRECISIONS
 from retinopathy.pretraining import METHODS, SOURCES, pretrain_backbone
 from retinopathy.training import OPTIMIZERS
 
@@ -36,6 +37,7 @@ def main() -> None:
         zero_init_residual=get(params, "zero_init_residual", bool),
         num_workers=get(params, "num_workers", int),
         device=get(params, "device", str),
+        precision=get(params, "precision", str, choices=PRECISIONS),
     )
 
 

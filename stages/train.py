@@ -10,12 +10,14 @@ from pathlib import Path
 from retinopathy.distributed import torchrun_command, under_torchrun
 from retinopathy.models import ARCHITECTURES
 from retinopathy.params import ParamsError, check_known, get, load_params
+from retinopathy.precision import PRECISIONS
 from retinopathy.training import CLASS_WEIGHTING, OPTIMIZERS, SCHEDULES, SELECT_ON, TrainConfig
 from retinopathy.variants import train_variant
 
 # Top-level keys: training hyperparameters, then the other stages' sections.
 TOP_LEVEL = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting",
-             "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "seed", "compile", "nproc", "sync_bn"]
+             "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "precision", "seed", "compile", "nproc",
+             "sync_bn"]
 SECTIONS = ["synthetic", "data", "preprocess", "pretrain", "evaluate", "plot"]
 
 
@@ -51,6 +53,7 @@ def main() -> None:
         seed=get(params, "seed", int),
         compile=get(params, "compile", bool),
         sync_bn=get(params, "sync_bn", bool),
+        precision=get(params, "precision", str, choices=PRECISIONS),
     )
     variant = f"{args.arch}-{args.pretrained}"
     summary = train_variant(

@@ -102,6 +102,7 @@ def test_history_has_train_val_test_per_epoch_and_best_epoch_is_chosen_on_valida
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["best_epoch"] == summary["best_epoch"]
     assert saved["class_weighting"] == TINY.class_weighting and len(saved["class_weights"]) == 5
+    assert saved["precision"] == "fp32" and saved["hardware"]
 
 
 def test_pretrained_variant_without_its_checkpoint_names_the_missing_file(processed_dir: Path, tmp_path: Path) -> None:

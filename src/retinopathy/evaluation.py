@@ -11,6 +11,7 @@ from retinopathy.data import build_transform, make_loader, processed_dataset
 from retinopathy.inference import predict
 from retinopathy.metrics import summarize
 from retinopathy.models import build_model
+from retinopathy.precision import hardware, resolve_precision
 from retinopathy.utils import load_checkpoint, select_device, write_csv, write_json
 
 
@@ -23,18 +24,20 @@ def evaluate_variant(
     batch_size: int,
     device: str = "auto",
     num_workers: int = 0,
+    precision: str = "auto",
 ) -> dict:
     """Predict the test split with a trained model; write metrics JSON and a predictions CSV."""
     checkpoint = load_checkpoint(model_path)
     dev = select_device(device)
+    resolved, _ = resolve_precision(precision, dev)
     model = build_model(checkpoint["arch"], num_classes=len(GRADES))
     model.load_state_dict(checkpoint["state_dict"], strict=True)
     model.to(dev)
     dataset = processed_dataset(data_dir, "test", build_transform(mean=checkpoint["mean"], std=checkpoint["std"], train=False))
     loader = make_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers, generator=None, device=dev)
-    probs, labels = predict(model, loader, dev, desc="test")
+    probs, labels = predict(model, loader, dev, precision=resolved, desc="test")
     preds = probs.argmax(1)
-    metrics = summarize(labels, preds)
+    metrics = {**summarize(labels, preds), "precision": resolved, "hardware": hardware(dev)}
     frame = pd.DataFrame({"image": dataset.names, "actual": labels, "predicted": preds})
     for grade in GRADES:
         frame[f"p{grade}"] = probs[:, grade].round(5)

@@ -12,13 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-
-def autocast_for(device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA where supported (else fp16); a no-op context on CPU."""
-    if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return torch.autocast("cpu", enabled=False)
+from retinopathy.precision import autocast
 
 
 def memory_format_for(device: torch.device) -> torch.memory_format:
@@ -27,14 +21,16 @@ def memory_format_for(device: torch.device) -> torch.memory_format:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, *, desc: str = "eval") -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities (N, classes) and the labels the loader gave, in loader order."""
+def predict(
+    model: nn.Module, loader: DataLoader, device: torch.device, *, precision: str = "fp32", desc: str = "eval"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities (N, classes), computed in fp32 from the logits, and the loader's labels, in loader order."""
     model.eval()
     memory_format = memory_format_for(device)
     probs, labels = [], []
     for images, batch_labels in tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True):
         images = images.to(device, non_blocking=True, memory_format=memory_format)
-        with autocast_for(device):
+        with autocast(device, precision):
             logits = model(images)
         probs.append(torch.softmax(logits.float(), dim=1).cpu())
         labels.append(torch.as_tensor(batch_labels))

@@ -2,7 +2,8 @@
 
 ``precision: auto`` picks bf16 only where the hardware has native bf16 arithmetic: a CUDA GPU that
 supports it, or a CPU with AVX512-BF16 or AMX-BF16 in its flags. Elsewhere bf16 is emulated and
-slower than fp32, so ``auto`` stays fp32. Weights, optimizer state and losses stay fp32 either way:
+slower than fp32, so ``auto`` stays fp32 on such a CPU and takes fp16 (with loss scaling) on a
+GPU without bf16. Weights, optimizer state and losses stay fp32 either way:
 autocast only changes the arithmetic of convolutions and matrix products.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # CPU flags (as /proc/cpuinfo spells them) that mean bf16 arithmetic runs natively.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -54,16 +55,22 @@ def resolve_precision(requested: str, device: torch.device, cpu_flags: set[str] 
     """
     if requested not in PRECISIONS:
         raise ValueError(f"precision {requested!r}; choose one of {list(PRECISIONS)}")
+    if requested == "fp16" and device.type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; on CPU choose fp32, bf16 or auto")
     if requested != "auto":
         return requested, "asked for in params.yaml"
     native, evidence = native_bf16(device, cpu_flags)
-    return ("bf16" if native else "fp32"), f"auto: {evidence}"
+    if native:
+        return "bf16", f"auto: {evidence}"
+    return ("fp16" if device.type == "cuda" else "fp32"), f"auto: {evidence}"
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
-    """The autocast context for a resolved ``precision``: bf16 autocast, or a disabled one for fp32."""
+    """The autocast context for a resolved ``precision``: bf16 or fp16 autocast, or a disabled one for fp32."""
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device.type, dtype=torch.float16)
     if precision == "fp32":
         return torch.autocast(device.type, enabled=False)
     raise ValueError(f"precision must be resolved to fp32 or bf16 first, got {precision!r}")

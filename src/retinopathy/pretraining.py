@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from retinopathy.data import IMAGENET_MEAN, IMAGENET_STD, build_transform, make_loader, processed_dataset, read_stats
 from retinopathy.models import ResNet, backbone_state, build_model, load_backbone
+from retinopathy.precision import autocast, hardware, resolve_precision
 from retinopathy.training import make_optimizer, make_schedule, train_one_epoch
 from retinopathy.utils import save_checkpoint, seed_everything, select_device
 
@@ -52,6 +53,7 @@ def rotation_pretrain(
     optimizer: str,
     device: torch.device,
     zero_init_residual: bool = False,
+    precision: str = "fp32",
 ) -> tuple[ResNet, list[dict[str, float]]]:
     """Train ``arch`` to predict rotations of the loader's images (labels are ignored).
 
@@ -64,7 +66,7 @@ def rotation_pretrain(
     criterion = nn.CrossEntropyLoss()
     history = []
     for epoch in range(1, epochs + 1):
-        stats = train_one_epoch(model, loader, opt, schedule, criterion, device, desc=f"rotation {epoch}", target_fn=_rotate_batch)
+        stats = train_one_epoch(model, loader, opt, schedule, criterion, device, desc=f"rotation {epoch}", target_fn=_rotate_batch, precision=precision)
         history.append({"epoch": epoch, "pretext_loss": stats.loss, "pretext_acc": stats.acc})
         print(f"pretrain epoch {epoch}: rotation loss {stats.loss:.3f} acc {stats.acc:.3f} (chance 0.25)")
     return model, history
@@ -122,6 +124,7 @@ def simclr_pretrain(
     temperature: float = 0.2,
     projection_dim: int = 128,
     zero_init_residual: bool = False,
+    precision: str = "fp32",
 ) -> tuple[ResNet, list[dict[str, float]]]:
     """Contrastive pretraining (Chen et al., 2020): two views of an image attract, other images repel.
 
@@ -145,8 +148,9 @@ def simclr_pretrain(
         for views, _ in bar:
             n = views.shape[0]
             x = torch.cat([views[:, 0], views[:, 1]]).to(device, non_blocking=True)
-            z = model(x)
-            loss = nt_xent(z, temperature)
+            with autocast(device, precision):
+                z = model(x)
+            loss = nt_xent(z.float(), temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -208,15 +212,20 @@ def pretrain_backbone(
     zero_init_residual: bool = False,
     num_workers: int = 0,
     device: str = "auto",
+    precision: str = "auto",
 ) -> None:
-    """Write ``out``: backbone weights of ``arch`` and the normalisation they expect."""
+    """Write ``out``: backbone weights of ``arch`` and the normalisation they expect.
+
+    ``precision`` (auto | fp32 | bf16 | fp16) is resolved for the device and recorded in ``out``.
+    """
     stats = read_stats(data_dir)
     start = time.perf_counter()
+    dev = select_device(device)
+    resolved, reason = resolve_precision(precision, dev)
     if source == "imagenet":
         state, mean, std, history = imagenet_state_dict(arch), list(IMAGENET_MEAN), list(IMAGENET_STD), []
     elif source == "selfsup":
         generator = seed_everything(seed)
-        dev = select_device(device)
         if method == "rotation":
             transform = build_transform(mean=stats["mean"], std=stats["std"], train=False)
         elif method == "simclr":
@@ -228,7 +237,7 @@ def pretrain_backbone(
         if (Path(data_dir) / "unlabeled.csv").is_file():
             parts.append(processed_dataset(data_dir, "unlabeled", transform, labelled=False))
         loader = make_loader(ConcatDataset(parts), batch_size=batch_size, train=True, num_workers=num_workers, generator=generator, device=dev)
-        common = dict(optimizer=optimizer, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, device=dev, zero_init_residual=zero_init_residual)
+        common = dict(optimizer=optimizer, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, device=dev, zero_init_residual=zero_init_residual, precision=resolved)
         if method == "rotation":
             model, history = rotation_pretrain(arch, loader, **common)
         else:
@@ -236,5 +245,10 @@ def pretrain_backbone(
         state, mean, std = backbone_state(model), stats["mean"], stats["std"]
     else:
         raise ValueError(f"unknown pretrain.source {source!r}; choose selfsup or imagenet")
-    save_checkpoint(out, {"arch": arch, "source": source, "method": method if source == "selfsup" else None, "state_dict": state, "mean": mean, "std": std, "history": history})
-    print(f"pretrain {arch} ({source}) written to {out} in {time.perf_counter() - start:.1f}s")
+    seconds = time.perf_counter() - start
+    save_checkpoint(out, {
+        "arch": arch, "source": source, "method": method if source == "selfsup" else None, "state_dict": state, "mean": mean,
+        "std": std, "history": history, "precision": resolved, "precision_reason": reason, "hardware": hardware(dev),
+        "seconds": round(seconds, 1),
+    })
+    print(f"pretrain {arch} ({source}, {resolved}: {reason}) written to {out} in {seconds:.1f}s")

@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from retinopathy.data import CLASS_WEIGHTING, class_weight_values
 from retinopathy.distributed import SINGLE, Distributed, broadcast, gather
-from retinopathy.inference import autocast_for, memory_format_for, predict
+from retinopathy.inference import memory_format_for, predict
 from retinopathy.metrics import accuracy, quadratic_weighted_kappa
+from retinopathy.precision import autocast
 from retinopathy.resume import ResumeCheckpoint, rng_state, set_rng_state
 
 
@@ -49,6 +50,7 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     compile: bool = False  # torch.compile the model: faster steps on CUDA after a compile warm-up
+    precision: str = "fp32"  # auto | fp32 | bf16 | fp16; train_variant resolves auto for its device (retinopathy.precision)
     sync_bn: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
 
 
@@ -123,10 +125,10 @@ def make_schedule(name: str, optimizer: torch.optim.Optimizer, *, total_steps: i
 
 
 
-def make_scaler(device: torch.device) -> torch.amp.GradScaler | None:
-    """A gradient scaler where training runs in fp16 (CUDA without bf16); None elsewhere."""
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.amp.GradScaler("cuda")
+def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
+    """A gradient scaler where training runs in fp16 (its small range underflows gradients); None elsewhere."""
+    if precision == "fp16":
+        return torch.amp.GradScaler(device.type)
     return None
 
 
@@ -180,6 +182,7 @@ def train_one_epoch(
     desc: str = "train",
     target_fn: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     world: Distributed = SINGLE,
+    precision: str = "fp32",
 ) -> EpochStats:
     """One pass of optimisation; ``target_fn`` can rewrite (images, labels), e.g. for a pretext task.
 
@@ -194,9 +197,10 @@ def train_one_epoch(
         labels = torch.as_tensor(labels).to(device, non_blocking=True)
         if target_fn is not None:
             images, labels = target_fn(images, labels)
-        with autocast_for(device):
+        with autocast(device, precision):
             logits = model(images)
-            loss = criterion(logits.float(), labels)
+        # The loss in fp32 whatever the arithmetic of the network.
+        loss = criterion(logits.float(), labels)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -218,9 +222,11 @@ def train_one_epoch(
 
 
 
-def evaluate_split(model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module, *, desc: str) -> EpochStats:
+def evaluate_split(
+    model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module, *, desc: str, precision: str = "fp32"
+) -> EpochStats:
     """Loss, accuracy and quadratic weighted kappa of the model on one split."""
-    probs, labels = predict(model, loader, device, desc=desc)
+    probs, labels = predict(model, loader, device, precision=precision, desc=desc)
     loss = criterion(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels).long()).item()
     preds = probs.argmax(1)
     return EpochStats(loss=loss, acc=accuracy(labels, preds), kappa=quadratic_weighted_kappa(labels, preds))
@@ -255,7 +261,7 @@ def fit(
     eval_net = raw if world.enabled else net
     optimizer = make_optimizer(config.optimizer, raw, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     schedule = make_schedule(config.lr_schedule, optimizer, total_steps=config.epochs * len(train_loader))
-    scaler = make_scaler(device)
+    scaler = make_scaler(device, config.precision)
     criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
     # Validation and test losses carry the same class weights as the training loss, so the three
     # curves measure one quantity (training's is on augmented images, in training mode).
@@ -284,13 +290,13 @@ def fit(
         start = time.perf_counter()
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
-        tr = train_one_epoch(net, train_loader, optimizer, schedule, criterion, device, scaler=scaler, desc=f"train {epoch}", world=world)
+        tr = train_one_epoch(net, train_loader, optimizer, schedule, criterion, device, scaler=scaler, desc=f"train {epoch}", world=world, precision=config.precision)
         row: dict[str, float] = {}
         if world.is_main:
-            va = evaluate_split(eval_net, val_loader, device, eval_criterion, desc="val")
+            va = evaluate_split(eval_net, val_loader, device, eval_criterion, desc="val", precision=config.precision)
             row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc, "val_loss": va.loss, "val_acc": va.acc, "val_kappa": va.kappa}
             if test_loader is not None:
-                te = evaluate_split(eval_net, test_loader, device, eval_criterion, desc="test")
+                te = evaluate_split(eval_net, test_loader, device, eval_criterion, desc="test", precision=config.precision)
                 row.update(test_loss=te.loss, test_acc=te.acc, test_kappa=te.kappa)
             history.append(row)
             score = {"kappa": va.kappa, "accuracy": va.acc, "loss": -va.loss}[config.select_on]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -13,6 +13,7 @@ from retinopathy import GRADES
 from retinopathy.data import build_transform, class_weight_values, make_loader, processed_dataset, read_stats
 from retinopathy.distributed import broadcast, distributed_sampler, init_distributed, shutdown_distributed
 from retinopathy.models import build_model, load_backbone
+from retinopathy.precision import hardware, resolve_precision
 from retinopathy.resume import ResumeCheckpoint, fingerprint
 from retinopathy.training import TrainConfig, class_weights, fit
 from retinopathy.utils import load_checkpoint, save_checkpoint, seed_everything, select_device, write_csv, write_json
@@ -47,6 +48,8 @@ def train_variant(
     """
     generator = seed_everything(config.seed)
     world, dev = init_distributed(select_device(device))
+    precision, precision_reason = resolve_precision(config.precision, dev)
+    config = replace(config, precision=precision)
     try:
         if config.batch_size % world.world_size:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by nproc {world.world_size}: each process takes an equal share of every batch")
@@ -115,13 +118,17 @@ def train_variant(
                 "train_seconds": round(result.seconds, 1),
                 "images_per_second": round(len(train_ds) * config.epochs / result.seconds, 1),
                 "device": str(dev),
+                "hardware": hardware(dev),
+                "precision": precision,
+                "precision_reason": precision_reason,
                 "class_weighting": config.class_weighting,
                 "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
                 **({"processes": world.world_size} if world.enabled else {}),
             }
             save_checkpoint(
                 model_out,
-                {"arch": arch, "pretrained": pretrained, "state_dict": result.best_state, "mean": mean, "std": std, "best_epoch": result.best_epoch, "config": asdict(config)},
+                {"arch": arch, "pretrained": pretrained, "state_dict": result.best_state, "mean": mean, "std": std, "best_epoch": result.best_epoch, "config": asdict(config),
+                 "precision": precision, "hardware": hardware(dev)},
             )
             write_csv(history_out, history.round(5), sep="\t")
             write_json(summary_out, summary)
