@@ -78,7 +78,7 @@ def stage_check(device: str, size: int, batch: int) -> dict:
         build_processed_set(read_course(tmp / "raw"), out_dir=tmp / "processed", balance_path=tmp / "balance.json",
                             settings=CropSettings(size=size), val_fraction=0.25, seed=0)
         config = TrainConfig(lr=0.01, batch_size=batch, epochs=1, num_workers=2)
-        return train_variant("resnet18", pretrained=False, config=config, data_dir=tmp / "processed", pretrained_path=tmp / "none.pt",
+        return train_variant("resnet18", pretrained=False, config=config, data_dir=tmp / "processed", start_path=None,
                              model_out=tmp / "model.pt", history_out=tmp / "history.tsv", summary_out=tmp / "summary.json", device=device)
 
 

@@ -1,4 +1,4 @@
-"""Stage plot: confusion matrices, accuracy curves and a summary chart comparing the four variants."""
+"""Stage plot: confusion matrices, accuracy curves, ROC curves and a summary chart of the four variants over their seeds."""
 
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", default="metrics/figures")
+    parser.add_argument("--plots", default="metrics/plots", help="folder of the CSVs that `dvc plots` draws")
     args = parser.parse_args()
 
     params = load_params(args.params)
     check_known(params, "plot", ["dpi"])
     table = make_figures(
-        archs=["resnet18", "resnet50"],
+        seeds=get(params, "seeds", list),
         eval_dir="metrics/eval",
+        predictions_dir="metrics/predictions",
         history_dir="metrics/train",
         out_dir=args.out,
+        plots_dir=args.plots,
         dpi=get(params, "plot.dpi", int),
     )
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))

@@ -1,4 +1,5 @@
-"""Stage pretrain@<arch>: backbone weights from self-supervision on the images (default) or from ImageNet."""
+"""Stage pretrain@<arch>: the start points of both variants of <arch>: a backbone pretrained by self-supervision on the
+images (default) or taken from ImageNet, and the from-scratch variant's (no weights, the training set's statistics)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def main() -> None:
     parser.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
-    parser.add_argument("--out", default=None, help="default: models/pretrained/<arch>.pt")
+    parser.add_argument("--out", default="models/start", help="folder of the start points <arch>-true and <arch>-false")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -26,7 +27,8 @@ def main() -> None:
         source=get(params, "pretrain.source", str, choices=SOURCES),
         method=get(params, "pretrain.method", str, choices=METHODS),
         data_dir=args.data,
-        out=args.out or f"models/pretrained/{args.arch}.pt",
+        out=f"{args.out}/{args.arch}-true",
+        scratch_out=f"{args.out}/{args.arch}-false",
         optimizer=get(params, "pretrain.optimizer", str, choices=OPTIMIZERS),
         epochs=get(params, "pretrain.epochs", int),
         lr=get(params, "pretrain.lr", float),

@@ -1,4 +1,4 @@
-"""Stage train@<arch>-<pretrained>: fine-tune from pretrained weights or train from scratch."""
+"""Stage train@<arch>-<pretrained>-<seed>: fine-tune from pretrained weights or train from scratch, with one training seed."""
 
 from __future__ import annotations
 
@@ -16,15 +16,16 @@ from retinopathy.variants import train_variant
 
 # Top-level keys: training hyperparameters, then the other stages' sections.
 TOP_LEVEL = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting",
-             "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "precision", "seed", "compile", "nproc",
-             "sync_bn"]
-SECTIONS = ["synthetic", "data", "preprocess", "pretrain", "evaluate", "plot"]
+             "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "precision", "seed", "seeds", "compile",
+             "nproc", "sync_bn"]
+SECTIONS = ["synthetic", "data", "preprocess", "pretrain", "evaluate", "compare", "plot"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
     parser.add_argument("--pretrained", required=True, choices=["true", "false"])
+    parser.add_argument("--seed", required=True, type=int, help="training seed: initial head/weights, shuffling, augmentation")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
     args = parser.parse_args()
@@ -50,18 +51,18 @@ def main() -> None:
         class_weighting=get(params, "class_weighting", str, choices=CLASS_WEIGHTING),
         select_on=get(params, "select_on", str, choices=SELECT_ON),
         num_workers=get(params, "num_workers", int),
-        seed=get(params, "seed", int),
+        seed=args.seed,
         compile=get(params, "compile", bool),
         sync_bn=get(params, "sync_bn", bool),
         precision=get(params, "precision", str, choices=PRECISIONS),
     )
-    variant = f"{args.arch}-{args.pretrained}"
+    variant = f"{args.arch}-{args.pretrained}-{args.seed}"
     summary = train_variant(
         args.arch,
         pretrained=args.pretrained == "true",
         config=config,
         data_dir=args.data,
-        pretrained_path=f"models/pretrained/{args.arch}.pt",
+        start_path=f"models/start/{args.arch}-{args.pretrained}",
         model_out=f"models/{variant}.pt",
         history_out=f"metrics/train/{variant}.tsv",
         summary_out=f"metrics/train/{variant}.json",

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import cohen_kappa_score, f1_score
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
 
-from retinopathy.metrics import accuracy, confusion, macro_f1, per_class_recall, quadratic_weighted_kappa, summarize
+from retinopathy.metrics import (
+    accuracy,
+    confusion,
+    macro_f1,
+    operating_threshold,
+    per_class_recall,
+    quadratic_weighted_kappa,
+    referable,
+    referable_score,
+    roc_auc,
+    roc_table,
+    sensitivity_specificity,
+    summarize,
+)
 
 rng = np.random.default_rng(0)
 CASES = [
@@ -56,3 +69,94 @@ def test_summary_holds_every_reported_metric() -> None:
     out = summarize([0, 1, 2], [0, 1, 1])
     assert set(out) >= {"accuracy", "kappa", "macro_f1", "recall", "confusion", "n"}
     assert out["recall"]["2"] == 0.0 and out["n"] == 3
+
+
+# Referable DR (grade >= 2) screening metrics.
+
+_screen = np.random.default_rng(1)
+_labels = _screen.integers(0, 2, 120)
+BINARY_CASES = [
+    (np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])),
+    (np.array([0, 1, 0, 1, 1, 0]), np.array([0.5, 0.5, 0.2, 0.9, 0.5, 0.7])),  # ties across classes
+    (_labels, _labels * 0.3 + _screen.random(120)),
+]
+
+
+def test_referable_means_grade_two_or_worse() -> None:
+    assert referable([0, 1, 2, 3, 4]).tolist() == [0, 0, 1, 1, 1]
+    assert referable([0, 1, 2, 3, 4], from_grade=3).tolist() == [0, 0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"outside 0\.\.4: \[5\]"):
+        referable([0, 5])
+
+
+def test_referable_score_sums_the_probabilities_of_grades_two_to_four() -> None:
+    probs = np.array([[0.5, 0.2, 0.1, 0.1, 0.1], [0.0, 0.1, 0.0, 0.0, 0.9]])
+    assert referable_score(probs) == pytest.approx([0.3, 0.9])
+    with pytest.raises(ValueError, match=r"shape \(2, 4\)"):
+        referable_score(probs[:, :4])
+
+
+@pytest.mark.parametrize(("y", "score"), BINARY_CASES)
+def test_roc_auc_agrees_with_scikit_learn(y: np.ndarray, score: np.ndarray) -> None:
+    assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score))
+
+
+def test_roc_auc_is_nan_when_only_one_class_is_present() -> None:
+    assert np.isnan(roc_auc([1, 1, 1], [0.2, 0.5, 0.9]))
+
+
+@pytest.mark.parametrize(("y", "score"), BINARY_CASES)
+@pytest.mark.parametrize("threshold", [0.0, 0.35, 0.5, 0.75, 2.0])
+def test_sensitivity_specificity_agree_with_the_confusion_matrix(
+    y: np.ndarray, score: np.ndarray, threshold: float
+) -> None:
+    tn, fp, fn, tp = confusion_matrix(y, (score >= threshold).astype(int), labels=[0, 1]).ravel()
+    assert sensitivity_specificity(y, score, threshold) == pytest.approx((tp / (tp + fn), tn / (tn + fp)))
+
+
+@pytest.mark.parametrize(("y", "score"), BINARY_CASES)
+def test_roc_table_points_are_the_operating_points_of_their_thresholds(y: np.ndarray, score: np.ndarray) -> None:
+    table = roc_table(y, score)
+    assert list(table.columns) == ["fpr", "tpr", "threshold"]
+    assert np.isfinite(table["threshold"]).all() and table["threshold"].is_monotonic_decreasing
+    assert (table["fpr"].iloc[0], table["tpr"].iloc[0]) == (0.0, 0.0)
+    for row in table.itertuples():
+        assert sensitivity_specificity(y, score, row.threshold) == pytest.approx((row.tpr, 1 - row.fpr))
+
+
+@pytest.mark.parametrize(("y", "score"), BINARY_CASES)
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 1.0])
+def test_sensitivity_threshold_is_the_highest_that_meets_the_target(
+    y: np.ndarray, score: np.ndarray, target: float
+) -> None:
+    threshold = operating_threshold(y, score, min_sensitivity=target)
+    assert sensitivity_specificity(y, score, threshold)[0] >= target
+    higher = np.unique(score[score > threshold])
+    if len(higher):  # the next higher cut refers fewer cases and misses the target
+        assert sensitivity_specificity(y, score, higher[0])[0] < target
+
+
+@pytest.mark.parametrize(("y", "score"), BINARY_CASES)
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 1.0])
+def test_specificity_threshold_is_the_lowest_that_meets_the_target(
+    y: np.ndarray, score: np.ndarray, target: float
+) -> None:
+    threshold = operating_threshold(y, score, min_specificity=target)
+    assert sensitivity_specificity(y, score, threshold)[1] >= target
+    lower = np.unique(score[score < threshold])
+    if len(lower):  # the next lower cut refers more cases and misses the target
+        assert sensitivity_specificity(y, score, lower[-1])[1] < target
+
+
+def test_operating_threshold_names_a_split_without_positives_or_negatives() -> None:
+    with pytest.raises(ValueError, match="no positives"):
+        operating_threshold([0, 0, 0], [0.1, 0.2, 0.3], min_sensitivity=0.9)
+    with pytest.raises(ValueError, match="no negatives"):
+        operating_threshold([1, 1], [0.1, 0.2], min_specificity=0.9)
+
+
+def test_operating_threshold_needs_exactly_one_target() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        operating_threshold([0, 1], [0.1, 0.2])
+    with pytest.raises(ValueError, match="exactly one"):
+        operating_threshold([0, 1], [0.1, 0.2], min_sensitivity=0.9, min_specificity=0.9)

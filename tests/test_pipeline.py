@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ["resnet18-true", "resnet18-false", "resnet50-true", "resnet50-false"]
+VARIANTS = ["resnet18-true-42", "resnet18-false-42", "resnet50-true-42", "resnet50-false-42"]
+AGGREGATES = {"compare", "plot", "report"}
 
 
 def _run(args: list[str], cwd: Path) -> str:
@@ -36,6 +37,8 @@ def _tiny_params() -> dict:
     params["data"]["val_fraction"] = 0.25
     params["preprocess"].update(size=32, workers=1)
     params["pretrain"].update(epochs=1, batch_size=8)
+    params["evaluate"].update(bootstrap_resamples=50)
+    params["compare"].update(bootstrap_resamples=50)
     return params
 
 
@@ -56,7 +59,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path) -> None:
     ran = _stages_run((repo / "first.log").read_text())
-    expected = {"synthesize", "preprocess", "pretrain@resnet18", "pretrain@resnet50", "plot"}
+    expected = {"synthesize", "preprocess", "pretrain@resnet18", "pretrain@resnet50"} | AGGREGATES
     expected |= {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS}
     assert ran == expected
     for variant in VARIANTS:
@@ -64,21 +67,46 @@ def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path
         metrics = json.loads((repo / "metrics" / "eval" / f"{variant}.json").read_text())
         assert 0.0 <= metrics["accuracy"] <= 1.0 and -1.0 <= metrics["kappa"] <= 1.0
         assert sum(map(sum, metrics["confusion"])) == metrics["n"] == 10
+        for name in ("accuracy", "kappa", "macro_f1"):
+            ci = metrics["intervals"][name]
+            assert ci["low"] <= ci["value"] <= ci["high"]
+        assert metrics["bootstrap"]["unit"] == "patient" and metrics["bootstrap"]["patients"] == 5
+        assert "auc" in metrics["referable"] and set(metrics["referable"]["operating_points"]) == {"high_sensitivity", "high_specificity"}
     figures = sorted(p.name for p in (repo / "metrics" / "figures").glob("*.png"))
-    assert figures == ["accuracy_resnet18.png", "accuracy_resnet50.png", "confusion_resnet18.png", "confusion_resnet50.png", "summary.png"]
-    assert (repo / "dvc.lock").is_file()
+    assert figures == ["accuracy_resnet18.png", "accuracy_resnet50.png", "confusion_resnet18.png", "confusion_resnet50.png",
+                       "roc_referable.png", "roc_sight_threatening.png", "summary.png"]
+    compared = json.loads((repo / "metrics" / "compare.json").read_text())
+    assert len(compared["comparisons"]) == 4 * 4  # 4 questions x 4 metrics
+    assert all(c["low"] <= c["high"] and c["verdict"] for c in compared["comparisons"])
+    assert set(json.loads((repo / "metrics" / "summary.json").read_text())) == {"r18_pre", "r18_scr", "r50_pre", "r50_scr"}
+    report = (repo / "metrics" / "report.md").read_text()
+    assert "## Paired differences" in report and "Does pretraining help ResNet18?" in report
+    assert (repo / "metrics" / "forest.png").is_file() and (repo / "dvc.lock").is_file()
 
 
 def test_second_repro_runs_nothing(repo: Path) -> None:
     assert _stages_run(_run(["dvc", "repro"], repo)) == set()
 
 
-def test_changing_lr_reruns_only_train_evaluate_and_plot(repo: Path) -> None:
+def test_adding_a_seed_runs_only_that_seeds_stages_and_the_aggregates(repo: Path) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["lr"] = 0.0005
+    params["seeds"] = [42, 7]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = _stages_run(_run(["dvc", "repro"], repo))
-    assert ran == {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS} | {"plot"}
+    new = [v.replace("-42", "-7") for v in VARIANTS]
+    assert ran == {f"{stage}@{v}" for stage in ("train", "evaluate") for v in new} | AGGREGATES
+    compared = json.loads((repo / "metrics" / "compare.json").read_text())
+    assert compared["variants"]["resnet18-true"]["seeds"] == [42, 7]
+    assert all(c["seeds_a"] == 2 and c["seeds_b"] == 2 for c in compared["comparisons"])
+
+
+def test_changing_lr_reruns_only_train_evaluate_and_the_aggregates(repo: Path) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["lr"] = 0.0005
+    params["seeds"] = [42]
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = _stages_run(_run(["dvc", "repro"], repo))
+    assert ran == {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS} | AGGREGATES
 
 
 def test_changing_pretraining_leaves_the_scratch_variants_alone(repo: Path) -> None:
@@ -87,8 +115,8 @@ def test_changing_pretraining_leaves_the_scratch_variants_alone(repo: Path) -> N
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     ran = _stages_run(_run(["dvc", "repro"], repo))
     assert "synthesize" not in ran and "preprocess" not in ran
-    assert {"pretrain@resnet18", "pretrain@resnet50", "train@resnet18-true", "train@resnet50-true"} <= ran
-    assert not ran & {"train@resnet18-false", "train@resnet50-false", "evaluate@resnet18-false"}
+    assert {"pretrain@resnet18", "pretrain@resnet50", "train@resnet18-true-42", "train@resnet50-true-42"} <= ran
+    assert not ran & {"train@resnet18-false-42", "train@resnet50-false-42", "evaluate@resnet18-false-42"}
 
 
 def test_stage_with_a_missing_params_key_fails_naming_it(repo: Path) -> None:
@@ -97,7 +125,7 @@ def test_stage_with_a_missing_params_key_fails_naming_it(repo: Path) -> None:
     bad = repo / "bad-params.yaml"
     bad.write_text(yaml.safe_dump(params))
     done = subprocess.run(
-        [sys.executable, "stages/train.py", "--arch", "resnet18", "--pretrained", "false", "--params", str(bad)],
+        [sys.executable, "stages/train.py", "--arch", "resnet18", "--pretrained", "false", "--seed", "42", "--params", str(bad)],
         cwd=repo, capture_output=True, text=True,
     )
     assert done.returncode != 0 and "missing key 'momentum'" in done.stderr
@@ -106,3 +134,15 @@ def test_stage_with_a_missing_params_key_fails_naming_it(repo: Path) -> None:
 def test_unknown_architecture_is_refused_by_the_stage(repo: Path) -> None:
     done = subprocess.run([sys.executable, "stages/pretrain.py", "--arch", "resnet34"], cwd=repo, capture_output=True, text=True)
     assert done.returncode != 0 and "resnet34" in done.stderr
+
+
+def test_train_stage_gives_identical_weights_in_a_second_working_copy(repo: Path, tmp_path: Path) -> None:
+    import torch
+
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(".git", ".dvc", "__pycache__"))
+    _run([sys.executable, "stages/train.py", "--arch", "resnet18", "--pretrained", "false", "--seed", "42"], copy)
+    first = torch.load(repo / "models" / "resnet18-false-42.pt", weights_only=True)["state_dict"]
+    second = torch.load(copy / "models" / "resnet18-false-42.pt", weights_only=True)["state_dict"]
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    assert (repo / "metrics" / "train" / "resnet18-false-42.tsv").read_bytes() == (copy / "metrics" / "train" / "resnet18-false-42.tsv").read_bytes()

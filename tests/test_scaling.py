@@ -31,7 +31,7 @@ class Interrupted(Exception):
 
 def _train(processed_dir: Path, out: Path, *, config: TrainConfig = CONFIG, resume: Path | None = None, on_epoch=None) -> dict:
     return train_variant(
-        "resnet18", pretrained=False, config=config, data_dir=processed_dir, pretrained_path=out / "none.pt",
+        "resnet18", pretrained=False, config=config, data_dir=processed_dir, start_path=None,
         model_out=out / "model.pt", history_out=out / "history.tsv", summary_out=out / "summary.json",
         rotation=15.0, zero_init_residual=True, resume_path=resume, on_epoch=on_epoch,
     )

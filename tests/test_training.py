@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from retinopathy.data import label_balance
-from retinopathy.evaluation import evaluate_variant
+from retinopathy.evaluation import EvalSettings, evaluate_variant
 from retinopathy.models import resnet18
 from retinopathy.training import TrainConfig, class_weights, make_optimizer, make_schedule
 from retinopathy.variants import train_variant
 
 TINY = TrainConfig(lr=0.01, batch_size=8, epochs=2, seed=3)
+EVAL = EvalSettings(batch_size=8, bootstrap_resamples=50)
 
 
 def test_inverse_class_weights_favour_rare_grades_and_average_one() -> None:
@@ -74,7 +75,7 @@ def test_cosine_schedule_decays_to_zero_and_step_schedule_drops_tenfold() -> Non
 
 def _train(processed_dir: Path, out: Path, pretrained: bool = False) -> tuple[dict, pd.DataFrame]:
     summary = train_variant(
-        "resnet18", pretrained=pretrained, config=TINY, data_dir=processed_dir, pretrained_path=out / "none.pt",
+        "resnet18", pretrained=pretrained, config=TINY, data_dir=processed_dir, start_path=out / "none" if pretrained else None,
         model_out=out / "model.pt", history_out=out / "history.tsv", summary_out=out / "summary.json",
     )
     return summary, pd.read_csv(out / "history.tsv", sep="\t")
@@ -85,11 +86,11 @@ def test_two_runs_with_the_same_params_give_the_same_metrics(processed_dir: Path
     second, h2 = _train(processed_dir, tmp_path / "b")
     pd.testing.assert_frame_equal(h1, h2)
     assert first["best_epoch"] == second["best_epoch"]
-    m1 = evaluate_variant(model_path=tmp_path / "a" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "a.json", predictions_out=tmp_path / "a.csv", batch_size=8)
-    m2 = evaluate_variant(model_path=tmp_path / "b" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "b.json", predictions_out=tmp_path / "b.csv", batch_size=8)
+    m1 = evaluate_variant(model_path=tmp_path / "a" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "a.json", predictions_out=tmp_path / "a.csv", settings=EVAL)
+    m2 = evaluate_variant(model_path=tmp_path / "b" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "b.json", predictions_out=tmp_path / "b.csv", settings=EVAL)
     assert m1 == m2
     predictions = pd.read_csv(tmp_path / "a.csv")
-    assert list(predictions.columns) == ["image", "actual", "predicted", "p0", "p1", "p2", "p3", "p4"]
+    assert list(predictions.columns) == ["image", "patient", "actual", "predicted", "p0", "p1", "p2", "p3", "p4", "p_referable"]
     assert np.allclose(predictions[[f"p{g}" for g in range(5)]].sum(axis=1), 1.0, atol=1e-3)
 
 
@@ -106,6 +107,6 @@ def test_history_has_train_val_test_per_epoch_and_best_epoch_is_chosen_on_valida
 
 
 def test_pretrained_variant_without_its_checkpoint_names_the_missing_file(processed_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="none.pt"):
+    with pytest.raises(FileNotFoundError, match="none"):
         _train(processed_dir, tmp_path, pretrained=True)
     assert not (tmp_path / "model.pt").exists()

@@ -1,43 +1,84 @@
-"""Stage plot: the figures comparing the variants, from the evaluate and train stages' outputs."""
+"""Stage plot: the figures comparing the variants, and the CSVs behind `dvc plots`, from the evaluate and train stages' outputs.
+
+With several training seeds, confusion matrices and ROC curves pool the seeds' test predictions,
+accuracy curves average them per epoch, and the summary bars show the mean with the seeds' range.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from retinopathy.plotting import accuracy_curves, confusion_pair, summary_bars
+from retinopathy.metrics import confusion, referable, roc_auc, roc_table
+from retinopathy.plotting import accuracy_curves, confusion_pair, roc_curves, summary_bars
+from retinopathy.results import ARCHS, PRETRAINED, Run, describe, load_runs, variant_name
 from retinopathy.utils import atomic_path
+
+
+def _roc_or_empty(y: np.ndarray, score: np.ndarray) -> pd.DataFrame:
+    """The ROC table, or an empty one where the test set lacks cases or non-cases (a small or unusual set)."""
+    if len(np.unique(y)) < 2:
+        return pd.DataFrame(columns=["fpr", "tpr", "threshold"])
+    return roc_table(y, score)
+
+
+def _pooled(runs: list[Run]) -> pd.DataFrame:
+    return pd.concat([run.predictions.assign(seed=run.seed) for run in runs], ignore_index=True)
+
+
+def _mean_history(runs: list[Run]) -> pd.DataFrame:
+    histories = [run.history for run in runs if run.history is not None]
+    if not histories:
+        raise FileNotFoundError(f"no per-epoch history for {runs[0].variant}: run the train stage")
+    return pd.concat(histories).groupby("epoch", as_index=False).mean(numeric_only=True)
 
 
 def make_figures(
     *,
-    archs: list[str],
+    seeds: Sequence[int],
     eval_dir: str | os.PathLike[str],
+    predictions_dir: str | os.PathLike[str],
     history_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
+    plots_dir: str | os.PathLike[str],
     dpi: int,
+    archs: Sequence[str] = ARCHS,
 ) -> pd.DataFrame:
-    """Draw the comparison figures and write a summary table of the four variants; return the table."""
-    eval_dir, history_dir = Path(eval_dir), Path(history_dir)
+    """Draw the figures into ``out_dir`` and write the `dvc plots` CSVs into ``plots_dir``; return the summary table."""
+    runs = load_runs(seeds, eval_dir=eval_dir, predictions_dir=predictions_dir, train_dir=history_dir, archs=archs)
     rows = {}
-    with atomic_path(out_dir) as tmp:
-        tmp.mkdir()
+    with atomic_path(out_dir) as figures, atomic_path(plots_dir) as plots:
+        figures.mkdir()
+        plots.mkdir()
         for arch in archs:
             matrices, histories = {}, {}
-            for pretrained in (True, False):
-                variant = f"{arch}-{str(pretrained).lower()}"
-                metrics = json.loads((eval_dir / f"{variant}.json").read_text())
-                cm = np.asarray(metrics["confusion"])
-                matrices[pretrained] = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-                histories[pretrained] = pd.read_csv(history_dir / f"{variant}.tsv", sep="\t")
-                rows[variant] = {k: metrics[k] for k in ("accuracy", "kappa", "macro_f1")}
-            confusion_pair(arch, matrices, tmp / f"confusion_{arch}.png", dpi=dpi)
-            accuracy_curves(arch, histories, tmp / f"accuracy_{arch}.png", dpi=dpi)
+            for pretrained in PRETRAINED:
+                variant = variant_name(arch, pretrained)
+                pooled = _pooled(runs[variant])
+                matrices[pretrained == "true"] = confusion(pooled["actual"], pooled["predicted"], normalize=True)
+                histories[pretrained == "true"] = history = _mean_history(runs[variant])
+                pooled[["seed", "image", "actual", "predicted"]].to_csv(plots / f"confusion_{variant}.csv", index=False)
+                history.round(5).to_csv(plots / f"history_{variant}.csv", index=False)
+                _roc_or_empty(referable(pooled["actual"]), pooled["p_referable"]).round(5).to_csv(plots / f"roc_{variant}.csv", index=False)
+                values = {m: np.array([run.metrics[m] for run in runs[variant]]) for m in ("accuracy", "kappa", "macro_f1")}
+                rows[variant] = {**{m: float(v.mean()) for m, v in values.items()},
+                                 **{f"{m}_low": float(v.min()) for m, v in values.items()},
+                                 **{f"{m}_high": float(v.max()) for m, v in values.items()}}
+            confusion_pair(arch, matrices, figures / f"confusion_{arch}.png", dpi=dpi)
+            accuracy_curves(arch, histories, figures / f"accuracy_{arch}.png", dpi=dpi)
         table = pd.DataFrame.from_dict(rows, orient="index")
-        summary_bars(table, tmp / "summary.png", dpi=dpi)
-        table.rename_axis("variant").reset_index().to_csv(tmp / "summary.csv", index=False)
+        summary_bars(table, figures / "summary.png", dpi=dpi)
+        for grade, name in ((2, "referable"), (3, "sight_threatening")):
+            curves, aucs = {}, {}
+            for variant, variant_runs in runs.items():
+                pooled = _pooled(variant_runs)
+                y, score = referable(pooled["actual"], from_grade=grade), pooled[[f"p{g}" for g in range(grade, 5)]].sum(axis=1)
+                curves[describe(variant)] = _roc_or_empty(y, score)
+                aucs[describe(variant)] = roc_auc(y, score)
+            roc_curves(curves, aucs, figures / f"roc_{name}.png", title=f"{name.replace('_', '-')} DR (grade >= {grade}), test", dpi=dpi)
+        table.rename_axis("variant").reset_index().to_csv(figures / "summary.csv", index=False)
     return table

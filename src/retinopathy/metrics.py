@@ -5,9 +5,18 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, cohen_kappa_score, confusion_matrix, f1_score, recall_score
+import pandas as pd
+from sklearn.metrics import (
+    accuracy_score,
+    cohen_kappa_score,
+    confusion_matrix,
+    f1_score,
+    recall_score,
+    roc_auc_score,
+    roc_curve,
+)
 
-from retinopathy import GRADES
+from retinopathy import GRADES, NUM_CLASSES
 
 ArrayLike = Sequence[int] | np.ndarray
 
@@ -58,3 +67,113 @@ def summarize(y_true: ArrayLike, y_pred: ArrayLike) -> dict[str, Any]:
         "n": int(len(y_true)),
         "confusion": confusion(y_true, y_pred).tolist(),
     }
+
+
+# Screening for referable DR (grade >= 2): a binary decision scored by P(grade >= 2).
+
+
+def referable(y: ArrayLike, *, from_grade: int = 2) -> np.ndarray:
+    """Binary labels: 1 where the grade is ``from_grade`` or worse (referable DR at the default 2), else 0."""
+    y = np.asarray(y)
+    outside = sorted(set(y.tolist()) - set(GRADES))
+    if outside:
+        raise ValueError(f"grades outside 0..4: {outside[:10]}")
+    return (y >= from_grade).astype(np.int64)
+
+
+def referable_score(probs: np.ndarray, *, from_grade: int = 2) -> np.ndarray:
+    """P(grade >= ``from_grade``) from 5-class probabilities of shape (N, 5): the sum of the top columns."""
+    probs = np.asarray(probs, dtype=float)
+    if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES:
+        raise ValueError(f"probabilities have shape {probs.shape}, expected (N, {NUM_CLASSES})")
+    if not 1 <= from_grade < NUM_CLASSES:
+        raise ValueError(f"from_grade {from_grade} must be in 1..{NUM_CLASSES - 1}")
+    return probs[:, from_grade:].sum(axis=1)
+
+
+def roc_auc(y_binary: ArrayLike, score: ArrayLike) -> float:
+    """Area under the ROC curve; NaN when only one class is present (the AUC is undefined there)."""
+    if len(np.unique(np.asarray(y_binary))) < 2:
+        return float("nan")
+    return float(roc_auc_score(y_binary, score))
+
+
+def _roc(y_binary: ArrayLike, score: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scikit-learn's ROC points with every threshold kept, thresholds decreasing and all finite.
+
+    scikit-learn's first threshold is ``inf`` (nothing called positive); it becomes the next float above
+    the highest score, which classifies every image the same way under ``score >= threshold``.
+    """
+    score = np.asarray(score, dtype=float)
+    fpr, tpr, thresholds = roc_curve(y_binary, score, drop_intermediate=False)
+    thresholds = np.where(np.isfinite(thresholds), thresholds, np.nextafter(score.max(), np.inf))
+    return fpr, tpr, thresholds
+
+
+def _require_both_classes(y_binary: ArrayLike) -> np.ndarray:
+    y = np.asarray(y_binary)
+    if not np.any(y == 1):
+        raise ValueError(f"no positives (referable cases) among the {len(y)} images: no ROC or threshold is defined")
+    if not np.any(y == 0):
+        raise ValueError(
+            f"no negatives (non-referable cases) among the {len(y)} images: no ROC or threshold is defined"
+        )
+    return y
+
+
+def roc_table(y_binary: ArrayLike, score: ArrayLike) -> pd.DataFrame:
+    """ROC curve as columns ``fpr, tpr, threshold`` (finite thresholds, decreasing), for DVC plots."""
+    _require_both_classes(y_binary)
+    fpr, tpr, thresholds = _roc(y_binary, score)
+    return pd.DataFrame({"fpr": fpr, "tpr": tpr, "threshold": thresholds})
+
+
+def operating_threshold(
+    y_binary: ArrayLike,
+    score: ArrayLike,
+    *,
+    min_sensitivity: float | None = None,
+    min_specificity: float | None = None,
+) -> float:
+    """Threshold on ``score`` (``score >= threshold`` refers) that meets one target, chosen on validation data.
+
+    Args:
+        y_binary: 0/1 labels of the validation images.
+        score: Their scores, e.g. :func:`referable_score`.
+        min_sensitivity: Give the HIGHEST threshold whose sensitivity is at least this (fewest referrals).
+        min_specificity: Give the LOWEST threshold whose specificity is at least this (most cases caught).
+            Exactly one of the two targets must be given.
+
+    Returns:
+        One of the observed scores, or, when only "refer nobody" meets the target, the next float above
+        the highest score.
+
+    Raises:
+        ValueError: when both or neither target is given, a target is outside [0, 1], or the data have no
+            positives or no negatives.
+    """
+    if (min_sensitivity is None) == (min_specificity is None):
+        raise ValueError("give exactly one of min_sensitivity and min_specificity")
+    target = min_sensitivity if min_sensitivity is not None else min_specificity
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"target {target} is outside [0, 1]")
+    y = _require_both_classes(y_binary)
+    fpr, tpr, thresholds = _roc(y, score)
+    if min_sensitivity is not None:
+        # Sensitivity only grows as the threshold falls, so the first point reaching the target is the highest.
+        return float(thresholds[np.argmax(tpr >= target)])
+    # Specificity from counts rather than 1 - fpr, so that e.g. 9 of 10 negatives compares equal to 0.9.
+    negatives = int(np.sum(y == 0))
+    specificity = (negatives - np.rint(fpr * negatives)) / negatives
+    # Specificity only falls as the threshold falls: the last point still meeting the target is the lowest.
+    return float(thresholds[np.flatnonzero(specificity >= target)[-1]])
+
+
+def sensitivity_specificity(y_binary: ArrayLike, score: ArrayLike, threshold: float) -> tuple[float, float]:
+    """``(sensitivity, specificity)`` calling ``score >= threshold`` positive; NaN for a class that is absent."""
+    y = np.asarray(y_binary) == 1
+    called = np.asarray(score) >= threshold
+    # Counted directly (two lines) so the tests can check them against scikit-learn's confusion matrix.
+    sensitivity = float(np.mean(called[y])) if y.any() else float("nan")
+    specificity = float(np.mean(~called[~y])) if (~y).any() else float("nan")
+    return sensitivity, specificity

@@ -58,10 +58,45 @@ def summary_bars(table: pd.DataFrame, path: str | os.PathLike[str], *, dpi: int 
     x = np.arange(len(table))
     width = 0.8 / len(metrics)
     for k, name in enumerate(metrics):
-        bars = ax.bar(x + (k - 1) * width, table[name], width, label=name)
+        # Where the table has the seeds' range (``<metric>_low``/``_high``), it is drawn as an error bar.
+        err = None
+        if f"{name}_low" in table and f"{name}_high" in table:
+            err = np.vstack([table[name] - table[f"{name}_low"], table[f"{name}_high"] - table[name]])
+        bars = ax.bar(x + (k - 1) * width, table[name], width, label=name, yerr=err, capsize=2)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(x, table.index, rotation=15)
     ax.set(ylim=(min(0.0, float(table[metrics].min().min())), 1.0), ylabel="test score", title="test metrics per variant")
     ax.axhline(0, color="black", linewidth=0.6)
     ax.legend(fontsize=8)
+    _save(fig, path, dpi)
+
+
+def roc_curves(curves: Mapping[str, pd.DataFrame], aucs: Mapping[str, float], path: str | os.PathLike[str], *, title: str, dpi: int = 110) -> None:
+    """ROC curves (columns ``fpr``, ``tpr``), one per variant, with the AUC in the legend and the chance diagonal."""
+    fig, ax = plt.subplots(figsize=(5.2, 5.0), constrained_layout=True)
+    for name, curve in curves.items():
+        if curve.empty:  # no cases (or no non-cases) in the test set: nothing to draw
+            ax.plot([], [], label=f"{name} (undefined: one class only)")
+            continue
+        ax.plot(curve["fpr"], curve["tpr"], label=f"{name} (AUC {aucs[name]:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path, dpi)
+
+
+def forest(rows: list[dict], path: str | os.PathLike[str], *, title: str, dpi: int = 110) -> None:
+    """Paired differences with their intervals, one line each (``label``, ``difference``, ``low``, ``high``), and 0 marked."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.2), constrained_layout=True)
+    y = np.arange(len(rows))[::-1]
+    for yi, row in zip(y, rows):
+        spans_zero = row["low"] <= 0 <= row["high"]
+        colour = "grey" if spans_zero else "tab:blue"
+        ax.plot([row["low"], row["high"]], [yi, yi], color=colour, linewidth=2)
+        ax.plot(row["difference"], yi, "o", color=colour)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [row["label"] for row in rows], fontsize=8)
+    ax.set(xlabel="difference (first minus second), 95% interval", title=title)
+    ax.grid(axis="x", alpha=0.3)
     _save(fig, path, dpi)

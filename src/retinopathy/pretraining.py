@@ -25,7 +25,8 @@ from retinopathy.data import IMAGENET_MEAN, IMAGENET_STD, build_transform, make_
 from retinopathy.models import ResNet, backbone_state, build_model, load_backbone
 from retinopathy.precision import autocast, hardware, resolve_precision
 from retinopathy.training import make_optimizer, make_schedule, train_one_epoch
-from retinopathy.utils import save_checkpoint, seed_everything, select_device
+from retinopathy.startpoints import write_start_point
+from retinopathy.utils import seed_everything, select_device
 
 SOURCES = ("selfsup", "imagenet")
 METHODS = ("simclr", "rotation")
@@ -202,6 +203,7 @@ def pretrain_backbone(
     method: str,
     data_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
+    scratch_out: str | os.PathLike[str] | None = None,
     epochs: int,
     lr: float,
     batch_size: int,
@@ -214,7 +216,8 @@ def pretrain_backbone(
     device: str = "auto",
     precision: str = "auto",
 ) -> None:
-    """Write ``out``: backbone weights of ``arch`` and the normalisation they expect.
+    """Write the start point ``out`` (backbone weights of ``arch`` and the normalisation they expect) and,
+    with ``scratch_out``, the from-scratch variant's start point (no weights; the training set's statistics).
 
     ``precision`` (auto | fp32 | bf16 | fp16) is resolved for the device and recorded in ``out``.
     """
@@ -246,9 +249,11 @@ def pretrain_backbone(
     else:
         raise ValueError(f"unknown pretrain.source {source!r}; choose selfsup or imagenet")
     seconds = time.perf_counter() - start
-    save_checkpoint(out, {
-        "arch": arch, "source": source, "method": method if source == "selfsup" else None, "state_dict": state, "mean": mean,
-        "std": std, "history": history, "precision": resolved, "precision_reason": reason, "hardware": hardware(dev),
-        "seconds": round(seconds, 1),
-    })
+    record = {
+        "method": method if source == "selfsup" else None, "history": history, "precision": resolved,
+        "precision_reason": reason, "hardware": hardware(dev), "seconds": round(seconds, 1),
+    }
+    write_start_point(out, arch=arch, source=source, mean=mean, std=std, state=state, record=record)
+    if scratch_out is not None:
+        write_start_point(scratch_out, arch=arch, source="scratch", mean=stats["mean"], std=stats["std"])
     print(f"pretrain {arch} ({source}, {resolved}: {reason}) written to {out} in {seconds:.1f}s")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import torch
 
 from retinopathy import GRADES
 from retinopathy.data import build_transform, class_weight_values, make_loader, processed_dataset, read_stats
@@ -15,8 +16,9 @@ from retinopathy.distributed import broadcast, distributed_sampler, init_distrib
 from retinopathy.models import build_model, load_backbone
 from retinopathy.precision import hardware, resolve_precision
 from retinopathy.resume import ResumeCheckpoint, fingerprint
+from retinopathy.startpoints import read_start_point
 from retinopathy.training import TrainConfig, class_weights, fit
-from retinopathy.utils import load_checkpoint, save_checkpoint, seed_everything, select_device, write_csv, write_json
+from retinopathy.utils import save_checkpoint, seed_everything, select_device, write_csv, write_json
 
 # A resume snapshot is only continued by the same code: every module of the package counts.
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -28,7 +30,7 @@ def train_variant(
     pretrained: bool,
     config: TrainConfig,
     data_dir: str | os.PathLike[str],
-    pretrained_path: str | os.PathLike[str],
+    start_path: str | os.PathLike[str] | None = None,
     model_out: str | os.PathLike[str],
     history_out: str | os.PathLike[str],
     summary_out: str | os.PathLike[str],
@@ -55,16 +57,20 @@ def train_variant(
             raise ValueError(f"batch_size {config.batch_size} must be divisible by nproc {world.world_size}: each process takes an equal share of every batch")
         model = build_model(arch, num_classes=len(GRADES), zero_init_residual=zero_init_residual)
         init_files: list[Path] = []
-        if pretrained:
-            checkpoint = load_checkpoint(pretrained_path)
-            if checkpoint.get("arch") != arch:
-                raise ValueError(f"{pretrained_path} holds {checkpoint.get('arch')!r} weights, not {arch!r}")
-            load_backbone(model, checkpoint["state_dict"], source=str(pretrained_path))
-            mean, std = checkpoint["mean"], checkpoint["std"]
-            init_files.append(Path(pretrained_path))
-        else:
+        if start_path is not None:
+            start = read_start_point(start_path, arch=arch)
+            init_files += sorted(Path(start_path).iterdir())
+        elif pretrained:
+            raise ValueError(f"a pretrained {arch} variant needs a start point with backbone weights (start_path)")
+        else:  # a library caller training from scratch: the training set's statistics normalise the inputs
             stats = read_stats(data_dir)
-            mean, std = stats["mean"], stats["std"]
+            start = {"source": "scratch", "mean": stats["mean"], "std": stats["std"], "state_dict": None}
+        if pretrained != (start["source"] != "scratch"):
+            what = "has no backbone weights" if pretrained else f"holds {start['source']} weights"
+            raise ValueError(f"the {'pretrained' if pretrained else 'from-scratch'} {arch} variant was given start point {start_path}, which {what}")
+        if start["state_dict"] is not None:
+            load_backbone(model, start["state_dict"], source=str(start_path))
+        mean, std = start["mean"], start["std"]
         if world.enabled:
             # Same initial weights everywhere (above), then different augmentations on each process.
             generator = seed_everything(config.seed + world.rank)
@@ -121,6 +127,10 @@ def train_variant(
                 "hardware": hardware(dev),
                 "precision": precision,
                 "precision_reason": precision_reason,
+                # Results depend on the CPU type and the thread count (reductions are split per thread).
+                "torch_threads": torch.get_num_threads(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "torch_version": torch.__version__,
                 "class_weighting": config.class_weighting,
                 "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
                 **({"processes": world.world_size} if world.enabled else {}),

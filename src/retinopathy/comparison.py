@@ -1,0 +1,98 @@
+"""Stage compare: the study's two questions as paired differences on the same test patients.
+
+Does pretraining help (for each architecture, pretrained minus from scratch)? Which network is
+better (for each pretraining setting, ResNet50 minus ResNet18)? Each difference comes with a 95%
+interval over test patients and, where there are several, training seeds, and a verdict that
+follows the interval: "no detectable difference" whenever it spans 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from retinopathy.metrics import accuracy, macro_f1, quadratic_weighted_kappa, referable, roc_auc
+from retinopathy.results import ARCH_LABELS, ARCHS, LABELS, PRETRAINED, Run, describe, variant_name
+from retinopathy.statistics import paired_difference, verdict
+
+# name -> (metric, reads the predicted grade (True) or P(referable) (False))
+METRICS: dict[str, tuple[Callable[..., float], bool]] = {
+    "kappa": (quadratic_weighted_kappa, True),
+    "accuracy": (accuracy, True),
+    "macro_f1": (macro_f1, True),
+    "referable_auc": (roc_auc, False),
+}
+# Short names for the one metrics file `dvc exp show` reads, so its table stays narrow.
+SHORT = {"resnet18-true": "r18_pre", "resnet18-false": "r18_scr", "resnet50-true": "r50_pre", "resnet50-false": "r50_scr"}
+SHORT_METRICS = {"accuracy": "acc", "kappa": "qwk", "macro_f1": "f1", "referable_auc": "auc"}
+
+
+@dataclass(frozen=True)
+class CompareSettings:
+    """The ``compare`` section of params.yaml."""
+
+    bootstrap_resamples: int = 2000
+    confidence: float = 0.95
+    bootstrap_seed: int = 0
+
+
+def _inputs(runs: list[Run], by_grade: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The test labels (grades, or referable yes/no) and, per seed, the model's outputs aligned with them."""
+    first = runs[0].predictions
+    y = first["actual"].to_numpy()
+    if by_grade:
+        return y, [run.predictions["predicted"].to_numpy() for run in runs]
+    return referable(y), [run.predictions["p_referable"].to_numpy() for run in runs]
+
+
+def per_variant(runs: dict[str, list[Run]]) -> dict[str, dict[str, Any]]:
+    """Each variant's test metrics averaged over its seeds (and their spread when there are several)."""
+    out = {}
+    for variant, variant_runs in runs.items():
+        row: dict[str, Any] = {"seeds": [run.seed for run in variant_runs]}
+        for name, (metric, by_grade) in METRICS.items():
+            y, outputs = _inputs(variant_runs, by_grade)
+            values = np.array([metric(y, o) for o in outputs])
+            row[name] = round(float(values.mean()), 4)
+            if len(values) > 1:
+                row[f"{name}_sd"] = round(float(values.std(ddof=1)), 4)
+        out[variant] = row
+    return out
+
+
+def headline(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The compact metrics file: per variant, mean over seeds of accuracy, QWK, macro-F1 and referable AUC."""
+    return {SHORT.get(variant, variant): {SHORT_METRICS[m]: row[m] for m in METRICS} for variant, row in table.items()}
+
+
+def _questions(archs: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """(question, first variant, second variant): the difference is first minus second."""
+    out = [(f"Does pretraining help {ARCH_LABELS[a]}?", variant_name(a, "true"), variant_name(a, "false")) for a in archs]
+    if len(archs) == 2:
+        for pretrained in PRETRAINED:
+            out.append((f"ResNet50 or ResNet18, {LABELS[pretrained]}?", variant_name(archs[1], pretrained), variant_name(archs[0], pretrained)))
+    return out
+
+
+def compare(runs: dict[str, list[Run]], settings: CompareSettings, archs: tuple[str, ...] = ARCHS) -> dict[str, Any]:
+    """Per-variant metrics and every paired difference with its interval and verdict, as a JSON-ready dict."""
+    patients = runs[next(iter(runs))][0].predictions["patient"].astype(str).to_numpy()
+    comparisons = []
+    for question, first, second in _questions(archs):
+        for name, (metric, by_grade) in METRICS.items():
+            y, a = _inputs(runs[first], by_grade)
+            _, b = _inputs(runs[second], by_grade)
+            result = paired_difference(
+                metric, y, a, b, patients, n_resamples=settings.bootstrap_resamples, confidence=settings.confidence,
+                seed=settings.bootstrap_seed,
+            )
+            result["verdict"] = verdict(result["low"], result["high"], first=describe(first), second=describe(second))
+            comparisons.append({"question": question, "metric": name, "first": first, "second": second, **result})
+    return {
+        "variants": per_variant(runs),
+        "comparisons": comparisons,
+        "settings": {"resamples": settings.bootstrap_resamples, "confidence": settings.confidence, "seed": settings.bootstrap_seed,
+                     "test_images": int(len(patients)), "test_patients": int(len(set(patients)))},
+    }

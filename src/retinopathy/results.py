@@ -1,0 +1,87 @@
+"""Reading the evaluate and train stages' outputs back, one entry per (architecture, pretraining) variant
+and training seed, for the stages that compare, plot and report them."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+ARCHS = ("resnet18", "resnet50")
+PRETRAINED = ("true", "false")
+LABELS = {"true": "pretrained", "false": "from scratch"}
+ARCH_LABELS = {"resnet18": "ResNet18", "resnet50": "ResNet50"}
+
+
+def variant_name(arch: str, pretrained: str) -> str:
+    """``resnet18``, ``true`` -> ``resnet18-true``."""
+    return f"{arch}-{pretrained}"
+
+
+def describe(variant: str) -> str:
+    """``resnet18-true`` -> ``ResNet18, pretrained``."""
+    arch, _, pretrained = variant.partition("-")
+    return f"{ARCH_LABELS.get(arch, arch)}, {LABELS.get(pretrained, pretrained)}"
+
+
+@dataclass
+class Run:
+    """One trained and evaluated model: its evaluation JSON, test predictions and training summary/history."""
+
+    variant: str
+    seed: int
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame
+    summary: dict[str, Any] | None = None
+    history: pd.DataFrame | None = None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the stage that writes it (dvc repro)")
+    return json.loads(path.read_text())
+
+
+def load_runs(
+    seeds: Sequence[int],
+    *,
+    eval_dir: str | os.PathLike[str] = "metrics/eval",
+    predictions_dir: str | os.PathLike[str] = "metrics/predictions",
+    train_dir: str | os.PathLike[str] | None = None,
+    archs: Sequence[str] = ARCHS,
+) -> dict[str, list[Run]]:
+    """Every variant's runs for ``seeds`` (in that order); files of other seeds in the folders are ignored.
+
+    Raises:
+        FileNotFoundError: naming the first missing file.
+        ValueError: when two runs were evaluated on different test images (or in another order).
+    """
+    if not seeds:
+        raise ValueError("params.yaml: 'seeds' is empty; give at least one training seed")
+    runs: dict[str, list[Run]] = {}
+    reference: list[str] | None = None
+    for arch in archs:
+        for pretrained in PRETRAINED:
+            variant = variant_name(arch, pretrained)
+            for seed in seeds:
+                key = f"{variant}-{seed}"
+                predictions_path = Path(predictions_dir) / f"{key}.csv"
+                if not predictions_path.is_file():
+                    raise FileNotFoundError(f"{predictions_path} is missing: run the evaluate stage (dvc repro evaluate@{key})")
+                predictions = pd.read_csv(predictions_path, dtype={"image": str, "patient": str})
+                images = predictions["image"].tolist()
+                if reference is None:
+                    reference = images
+                elif images != reference:
+                    raise ValueError(f"{predictions_path} covers other test images (or another order) than the first run: rerun evaluate")
+                run = Run(variant, int(seed), _read_json(Path(eval_dir) / f"{key}.json"), predictions)
+                if train_dir is not None:
+                    run.summary = _read_json(Path(train_dir) / f"{key}.json")
+                    history = Path(train_dir) / f"{key}.tsv"
+                    run.history = pd.read_csv(history, sep="\t") if history.is_file() else None
+                runs.setdefault(variant, []).append(run)
+    return runs
