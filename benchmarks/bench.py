@@ -42,6 +42,7 @@ from retinopathy.data import FundusDataset, build_transform, load_rgb, make_load
 from retinopathy.fundus import crop_to_fov
 from retinopathy.models import build_model
 from retinopathy.params import get, load_params
+from retinopathy.precision import resolve_precision
 from retinopathy.synthetic import render_fundus
 from retinopathy.training import make_optimizer, make_schedule, prepare_model, train_one_epoch
 from retinopathy.utils import atomic_path, select_device, write_json
@@ -125,8 +126,8 @@ class CameraDataset(Dataset):
 class Trainer:
     """A model with its own optimizer and schedule, stepped by the project's training loop."""
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        self.model, self.device = model, device
+    def __init__(self, model: nn.Module, device: torch.device, precision: str = "fp32") -> None:
+        self.model, self.device, self.precision = model, device, precision
         self.optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
         self.schedule = make_schedule("constant", self.optimizer, total_steps=1)
         self.criterion = nn.CrossEntropyLoss()
@@ -135,46 +136,56 @@ class Trainer:
         """Images/s of ``steps`` passes of ``train_one_epoch``'s loop body on one fixed batch."""
         with _quiet():
             start = time.perf_counter()
-            train_one_epoch(self.model, [(images, labels)] * steps, self.optimizer, self.schedule, self.criterion, self.device)
+            train_one_epoch(self.model, [(images, labels)] * steps, self.optimizer, self.schedule, self.criterion, self.device,
+                            precision=self.precision)
             seconds = time.perf_counter() - start
         return len(labels) * steps / seconds
 
 
-def bench_training(archs: tuple[str, ...], *, size: int, batch: int, repeats: int, steps: int, device: torch.device) -> dict:
-    """Ours against torchvision's, same weights and batch.
+def bench_training(
+    archs: tuple[str, ...], *, size: int, batch: int, repeats: int, steps: int, device: torch.device,
+    precisions: tuple[str, ...] = ("fp32", "bf16"),
+) -> dict:
+    """Ours against torchvision's, same weights and batch, in each precision (fp32, bf16 autocast).
 
-    Every repeat measures each (architecture, implementation) once, alternating which
+    Every repeat measures each (architecture, implementation, precision) once, alternating which
     implementation goes first, so a burst of load elsewhere on the machine hits all of them alike.
     """
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(batch, 3, size, size, generator=generator).to(device)
     labels = torch.randint(0, 5, (batch,), generator=generator).to(device)
-    models: dict[tuple[str, str], Trainer] = {}
+    models: dict[tuple[str, str, str], Trainer] = {}
     for arch in archs:
-        ours = build_model(arch, num_classes=5)
-        theirs = getattr(torchvision.models, arch)(num_classes=5)
-        theirs.load_state_dict(ours.state_dict(), strict=True)
-        models[arch, "ours"] = Trainer(prepare_model(ours, device)[1], device)
-        models[arch, "torchvision"] = Trainer(prepare_model(theirs, device)[1], device)
+        for precision in precisions:
+            ours = build_model(arch, num_classes=5)
+            theirs = getattr(torchvision.models, arch)(num_classes=5)
+            theirs.load_state_dict(ours.state_dict(), strict=True)
+            models[arch, "ours", precision] = Trainer(prepare_model(ours, device)[1], device, precision)
+            models[arch, "torchvision", precision] = Trainer(prepare_model(theirs, device)[1], device, precision)
     for trainer in models.values():  # warm-up: allocator, momentum buffers, oneDNN/cuDNN algorithm choice
         trainer.images_per_second(images, labels, 3)
-    samples: dict[tuple[str, str], list[float]] = {key: [] for key in models}
+    samples: dict[tuple[str, str, str], list[float]] = {key: [] for key in models}
     for r in range(repeats):
         order = ("ours", "torchvision") if r % 2 == 0 else ("torchvision", "ours")
         for arch in archs:
-            for impl in order:
-                samples[arch, impl].append(models[arch, impl].images_per_second(images, labels, steps))
-    result = {}
+            for precision in precisions:
+                for impl in order:
+                    samples[arch, impl, precision].append(models[arch, impl, precision].images_per_second(images, labels, steps))
+    result: dict = {}
     for arch in archs:
-        ours, theirs = samples[arch, "ours"], samples[arch, "torchvision"]
-        ratios = [a / b for a, b in zip(ours, theirs)]
-        result[arch] = {
-            "ours": statistics.median(ours),
-            "torchvision": statistics.median(theirs),
-            "ratio": statistics.median(ours) / statistics.median(theirs),
-            "paired_ratio_min_max": [min(ratios), max(ratios)],
-            "samples": {"ours": ours, "torchvision": theirs},
-        }
+        result[arch] = {}
+        for precision in precisions:
+            ours, theirs = samples[arch, "ours", precision], samples[arch, "torchvision", precision]
+            ratios = [a / b for a, b in zip(ours, theirs)]
+            result[arch][precision] = {
+                "ours": statistics.median(ours),
+                "torchvision": statistics.median(theirs),
+                "ratio": statistics.median(ours) / statistics.median(theirs),
+                "paired_ratio_min_max": [min(ratios), max(ratios)],
+                "samples": {"ours": ours, "torchvision": theirs},
+            }
+        if "fp32" in precisions and "bf16" in precisions:
+            result[arch]["bf16_over_fp32"] = result[arch]["bf16"]["ours"] / result[arch]["fp32"]["ours"]
     return result
 
 
@@ -232,23 +243,31 @@ def machine() -> dict:
                 break
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    auto, reason = resolve_precision("auto", torch.device("cpu"))
     return {"cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__}
+            "torch": torch.__version__, "torchvision": torchvision.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "precision_auto": auto, "precision_auto_reason": reason}
 
 
 def markdown(report: dict) -> str:
     m, s = report["machine"], report["settings"]
     lines = [
         f"Machine: {m['cpu']}, {m['cores']} core(s), {m['torch_threads']} torch threads, GPU: {m['gpu']}; "
-        f"torch {m['torch']}, torchvision {m['torchvision']}. Device: {s['device']}. Command: `{report['command']}`.",
+        f"torch {m['torch']}, torchvision {m['torchvision']}, kernels {m['cpu_capability']}. Device: {s['device']}. "
+        f"Command: `{report['command']}`.",
+        f"`precision: auto` resolves to **{m['precision_auto']}** on this CPU ({m['precision_auto_reason']}).",
         "",
         f"Training step, batch {s['batch']} at {s['size']} px, median of {s['repeats']} interleaved runs of {s['steps']} steps:",
         "",
-        "| model | ours (img/s) | torchvision (img/s) | ours / torchvision | target |",
-        "|---|---|---|---|---|",
+        "| model | precision | ours (img/s) | torchvision (img/s) | ours / torchvision | target |",
+        "|---|---|---|---|---|---|",
     ]
-    for arch, row in report["training_step"].items():
-        lines.append(f"| {arch} | {row['ours']:.1f} | {row['torchvision']:.1f} | {row['ratio']:.3f} | >= {STEP_TARGET} |")
+    for arch, by_precision in report["training_step"].items():
+        for precision, row in by_precision.items():
+            if isinstance(row, dict):
+                lines.append(f"| {arch} | {precision} | {row['ours']:.1f} | {row['torchvision']:.1f} | {row['ratio']:.3f} | >= {STEP_TARGET} |")
+    lines += ["", "| model | bf16 / fp32 (ours) |", "|---|---|"]
+    lines += [f"| {arch} | {row['bf16_over_fp32']:.2f}x |" for arch, row in report["training_step"].items() if "bf16_over_fp32" in row]
     d = report["data_loading"]
     lines += [
         "",
@@ -264,7 +283,7 @@ def markdown(report: dict) -> str:
         "|---|---|---|---|",
     ]
     for arch, ratio in d["loader_over_model"].items():
-        lines.append(f"| {arch} | {report['training_step'][arch]['ours']:.1f} | {ratio:.1f}x | >= {LOADER_TARGET}x |")
+        lines.append(f"| {arch} | {report['training_step'][arch]['fp32']['ours']:.1f} | {ratio:.1f}x | >= {LOADER_TARGET}x |")
     if report.get("preprocess"):
         lines += ["", f"Preprocessing once, camera JPEG to {s['size']}-px PNG (the preprocess stage's `process_images`, default settings):", "",
                   "| workers | img/s |", "|---|---|"]
@@ -301,7 +320,7 @@ def main() -> None:
         "settings": {"size": size, "batch": batch, "repeats": args.repeats, "steps": args.steps, "num_workers": workers, "device": str(device)},
     }
 
-    print(f"training step: ours vs torchvision, batch {batch} at {size} px on {device} ...", flush=True)
+    print(f"training step: ours vs torchvision, fp32 and bf16, batch {batch} at {size} px on {device} ...", flush=True)
     report["training_step"] = bench_training(ARCHS, size=size, batch=batch, repeats=args.repeats, steps=args.steps, device=device)
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
@@ -319,7 +338,7 @@ def main() -> None:
             "camera_jpeg": camera,
             "camera_size": camera_size,
             "camera_megabytes": sum(p.stat().st_size for p in jpegs) / len(jpegs) / 1e6,
-            "loader_over_model": {arch: png / report["training_step"][arch]["ours"] for arch in ARCHS},
+            "loader_over_model": {arch: png / report["training_step"][arch]["fp32"]["ours"] for arch in ARCHS},
         }
         print("preprocessing: 1 worker and all cores ...", flush=True)
         report["preprocess"] = preprocess_throughput(jpegs, tmp / "preprocessed", size, count=96)
