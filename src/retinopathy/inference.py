@@ -1,10 +1,18 @@
 """From processed image tensors to grade probabilities: the one path every evaluation takes.
 
 Training's per-epoch validation, the evaluate stage and anything else that grades images call
-:func:`predict`, so the numbers they report come from the same arithmetic.
+:func:`predict` (or :func:`probabilities`, one batch of it), so the numbers they report come from
+the same arithmetic. A raw photograph becomes the network's input through :func:`prepare_photograph`,
+which runs the preprocess stage's own crop (:func:`retinopathy.preprocessing.crop_photograph`) in
+memory; :func:`model_metadata` is what every saved model carries so that it can do so alone.
 """
 
 from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -12,7 +20,111 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from retinopathy.data import build_transform
+from retinopathy.models import build_model
 from retinopathy.precision import autocast
+from retinopathy.preprocessing import CropSettings, Cropped, crop_photograph, crop_settings_record
+from retinopathy.utils import load_checkpoint
+
+# Bumped when a key's meaning changes; files without it (or with another) are refused, not guessed at.
+MODEL_FORMAT = "retinopathy-model/1"
+# International Clinical Diabetic Retinopathy scale, grade 0..4.
+GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative DR")
+HEADS = ("classification",)
+DECODINGS = ("argmax",)
+# What grading needs besides the weights; everything else in a checkpoint is provenance.
+REQUIRED_KEYS = ("arch", "state_dict", "head", "decoding", "grade_names", "preprocessing", "mean", "std")
+
+
+def model_metadata(
+    arch: str,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop: CropSettings | dict[str, Any],
+    precision: str = "fp32",
+    data_fingerprint: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Everything a saved model carries to grade a raw photograph by itself (all but the weights and provenance).
+
+    Args:
+        arch: ``resnet18`` or ``resnet50``.
+        mean, std: the per-channel normalisation of the network's input, in [0, 1] units.
+        crop: the preprocess settings the model was trained on (a stats.json ``crop`` record or the settings).
+        precision: the autocast arithmetic the model was trained with.
+        data_fingerprint: SHA-256 of the processed set's tables and statistics.
+    """
+    record = crop_settings_record(crop) if isinstance(crop, CropSettings) else {k: crop[k] for k in ("size", "fov_threshold", "graham", "graham_sigma")}
+    return {
+        "format": MODEL_FORMAT,
+        "arch": arch,
+        "head": HEADS[0],
+        "decoding": DECODINGS[0],
+        "grade_names": list(GRADE_NAMES),
+        "preprocessing": {"size": int(record["size"]), "fov_threshold": int(record["fov_threshold"]),
+                          "graham": bool(record["graham"]), "graham_sigma": float(record["graham_sigma"])},
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "precision": precision,
+        "data_fingerprint": data_fingerprint or {},
+    }
+
+
+def load_model(path: str | os.PathLike[str], device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """A saved retinopathy model in eval mode on ``device``, and its metadata (the checkpoint less its weights).
+
+    Raises:
+        FileNotFoundError: naming a missing file.
+        ValueError: ``"<path> is not a retinopathy model: ..."`` for a file that is not a torch file, has no
+            ``format`` key, another format, or lacks a key grading needs.
+    """
+    if Path(path).is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise ValueError(f"{path} is not a retinopathy model: not a file written by torch.save")
+    try:
+        checkpoint = load_checkpoint(path)
+    except ValueError as exc:
+        reason = str(exc.__cause__ or exc).strip().splitlines()[0][:200]
+        raise ValueError(f"{path} is not a retinopathy model: cannot read it as a torch file ({reason})") from exc
+    if not isinstance(checkpoint, dict) or "format" not in checkpoint:
+        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{path} is not a retinopathy model: it has no 'format' key (found {keys}); models written "
+                         f"before metadata was added must be retrained (dvc repro)")
+    if checkpoint["format"] != MODEL_FORMAT:
+        raise ValueError(f"{path} is not a retinopathy model of a format this version reads: {checkpoint['format']!r}, expected {MODEL_FORMAT!r}")
+    missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
+    if missing:
+        raise ValueError(f"{path} is not a retinopathy model: keys {missing} are missing")
+    if checkpoint["head"] not in HEADS or checkpoint["decoding"] not in DECODINGS:
+        raise ValueError(f"{path}: head {checkpoint['head']!r} with decoding {checkpoint['decoding']!r} is not supported "
+                         f"(supported: {list(HEADS)} with {list(DECODINGS)})")
+    model = build_model(checkpoint["arch"], num_classes=len(checkpoint["grade_names"]))
+    model.load_state_dict(checkpoint["state_dict"], strict=True)
+    model.to(device).eval()
+    return model, {key: value for key, value in checkpoint.items() if key != "state_dict"}
+
+
+def crop_settings(meta: dict[str, Any]) -> CropSettings:
+    """The preprocess settings a model was trained on."""
+    return CropSettings(**meta["preprocessing"])
+
+
+def photograph_input(path: str | os.PathLike[str], meta: dict[str, Any]) -> tuple[torch.Tensor, Cropped]:
+    """The network's input (3, size, size) for one raw photograph, and the crop it came from (for heatmaps).
+
+    Exactly the training path: the preprocess stage's crop, then the evaluation transform; only the
+    PNG written in between is skipped (it is lossless).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file (corrupt, truncated, no field of view, ...).
+    """
+    cropped = crop_photograph(Path(path), crop_settings(meta))
+    transform = build_transform(mean=meta["mean"], std=meta["std"], train=False)
+    return transform(cropped.image), cropped
+
+
+def prepare_photograph(path: str | os.PathLike[str], meta: dict[str, Any]) -> torch.Tensor:
+    """The network's input (3, size, size) for one raw photograph, preprocessed exactly as in training."""
+    return photograph_input(path, meta)[0]
 
 
 def memory_format_for(device: torch.device) -> torch.memory_format:
@@ -26,12 +138,17 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities (N, classes), computed in fp32 from the logits, and the loader's labels, in loader order."""
     model.eval()
-    memory_format = memory_format_for(device)
     probs, labels = [], []
     for images, batch_labels in tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True):
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
-        with autocast(device, precision):
-            logits = model(images)
-        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        probs.append(probabilities(model, images, device, precision=precision))
         labels.append(torch.as_tensor(batch_labels))
     return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+
+
+@torch.no_grad()
+def probabilities(model: nn.Module, images: torch.Tensor, device: torch.device, *, precision: str = "fp32") -> torch.Tensor:
+    """Softmax probabilities (N, classes) of one batch, on the CPU, computed in fp32 from the logits."""
+    images = images.to(device, non_blocking=True, memory_format=memory_format_for(device))
+    with autocast(device, precision):
+        logits = model(images)
+    return torch.softmax(logits.float(), dim=1).cpu()

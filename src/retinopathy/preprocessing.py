@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from retinopathy.data import label_balance, patient_of, split_by_patient
-from retinopathy.fundus import crop_square, find_fov, local_average_subtraction
+from retinopathy.fundus import FieldOfView, crop_square, find_fov, local_average_subtraction
 from retinopathy.images import open_rgb
 from retinopathy.utils import atomic_path, write_json
 
@@ -84,18 +84,43 @@ def open_image(path: Path, *, min_side: int | None = None) -> tuple[Image.Image,
     return open_rgb(path, draft_side=min_side)
 
 
+class Cropped(NamedTuple):
+    """A photograph after :func:`crop_photograph`: the network's square input and where it came from."""
+
+    image: Image.Image  # settings.size x settings.size, RGB, Graham-processed when the settings say so
+    fov: FieldOfView  # the field of view in pixels of the decoded frame
+    frame_size: tuple[int, int]  # (width, height) of the decoded frame: smaller than the file's for a draft JPEG
+
+
+def crop_photograph(src: str | os.PathLike[str], settings: CropSettings) -> Cropped:
+    """Decode one photograph and turn it into the network's input: the one crop the processed set and grading share.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: naming a corrupt, truncated or unreadable file, or one without a field of view.
+    """
+    min_side = math.ceil(DRAFT_MARGIN * settings.size) if settings.draft else None
+    image, reduced = open_image(Path(src), min_side=min_side)
+    fov = find_fov(image, threshold=settings.fov_threshold)
+    if reduced and 2 * fov.radius < settings.size:
+        image, _ = open_image(Path(src))
+        fov = find_fov(image, threshold=settings.fov_threshold)
+    frame_size = image.size
+    image = crop_square(image, fov, settings.size)
+    if settings.graham:
+        image = local_average_subtraction(image, sigma_fraction=settings.graham_sigma)
+    return Cropped(image, fov, frame_size)
+
+
+def crop_settings_record(settings: CropSettings) -> dict[str, Any]:
+    """The settings that change the pixels (``draft`` does not), as written to stats.json and into each model."""
+    return {"size": settings.size, "fov_threshold": settings.fov_threshold, "graham": settings.graham, "graham_sigma": settings.graham_sigma}
+
+
 def process_image(src: Path, dst: Path, settings: CropSettings) -> Processed:
     """Crop, resize and save one image; return its problem instead of raising, so all can be listed."""
     try:
-        min_side = math.ceil(DRAFT_MARGIN * settings.size) if settings.draft else None
-        image, reduced = open_image(src, min_side=min_side)
-        fov = find_fov(image, threshold=settings.fov_threshold)
-        if reduced and 2 * fov.radius < settings.size:
-            image, _ = open_image(src)
-            fov = find_fov(image, threshold=settings.fov_threshold)
-        image = crop_square(image, fov, settings.size)
-        if settings.graham:
-            image = local_average_subtraction(image, sigma_fraction=settings.graham_sigma)
+        image = crop_photograph(src, settings).image
         # zlib level 1: twice as fast as the default 6 for files ~15% larger.
         image.save(dst, format="PNG", compress_level=1)
     except FileNotFoundError as exc:
@@ -280,7 +305,8 @@ def build_processed_set(
 
     ``out_dir`` gets ``<split>/<image>.png`` and ``<split>.csv`` (image, level) for train, val, test
     (and ``unlabeled`` where there is a pool), plus ``stats.json`` with the training set's channel
-    mean and std. The folder appears only when the run succeeds. ``unlisted`` names image files
+    mean and std and the crop settings (``crop``, which every trained model copies). The folder appears only
+    when the run succeeds. ``unlisted`` names image files
     that no table row names; they count as bad input like a missing or corrupt image.
 
     Returns:
@@ -341,7 +367,7 @@ def build_processed_set(
         train_sums = [out.sums for (split, _, _), out in zip(rows, outcomes) if split == "train" and out.kind is None]
         pixels = sum(out.pixels for (split, _, _), out in zip(rows, outcomes) if split == "train" and out.kind is None)
         mean, std = _channel_stats(np.sum(train_sums, axis=0), pixels)
-        (tmp / "stats.json").write_text(json.dumps({"mean": mean, "std": std, "size": settings.size}, indent=2) + "\n")
+        (tmp / "stats.json").write_text(json.dumps({"mean": mean, "std": std, "size": settings.size, "crop": crop_settings_record(settings)}, indent=2) + "\n")
     balance = {split: label_balance(frame["level"]) for split, frame in kept.items() if split != "unlabeled"}
     write_json(balance_path, balance)
     counts = {split: len(frame) for split, frame in kept.items()}

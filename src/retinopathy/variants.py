@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from retinopathy import GRADES
 from retinopathy.data import build_transform, class_weight_values, make_loader, processed_dataset, read_stats
 from retinopathy.distributed import broadcast, distributed_sampler, init_distributed, shutdown_distributed
+from retinopathy.inference import model_metadata
 from retinopathy.models import build_model, load_backbone
 from retinopathy.precision import hardware, resolve_precision
 from retinopathy.resume import ResumeCheckpoint, fingerprint
@@ -22,6 +24,22 @@ from retinopathy.utils import save_checkpoint, seed_everything, select_device, w
 
 # A resume snapshot is only continued by the same code: every module of the package counts.
 PACKAGE_DIR = Path(__file__).resolve().parent
+# The processed set's files a model depends on; their hashes go into the model (its data fingerprint).
+DATA_FILES = ("train.csv", "val.csv", "test.csv", "stats.json")
+
+
+def data_fingerprint(data_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """SHA-256 of each of the processed set's tables and statistics, by file name."""
+    return {name: hashlib.sha256((Path(data_dir) / name).read_bytes()).hexdigest() for name in DATA_FILES}
+
+
+def crop_record(data_dir: str | os.PathLike[str]) -> dict:
+    """The crop settings the processed set was made with (``crop`` in its stats.json)."""
+    stats = read_stats(data_dir)
+    if "crop" not in stats:
+        raise ValueError(f"{Path(data_dir) / 'stats.json'} has no 'crop' settings: it predates self-describing models; "
+                         "rerun the preprocess stage (dvc repro preprocess)")
+    return stats["crop"]
 
 
 def train_variant(
@@ -55,6 +73,7 @@ def train_variant(
     try:
         if config.batch_size % world.world_size:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by nproc {world.world_size}: each process takes an equal share of every batch")
+        crop = crop_record(data_dir)  # before training, so an old processed set stops the run at once
         model = build_model(arch, num_classes=len(GRADES), zero_init_residual=zero_init_residual)
         init_files: list[Path] = []
         if start_path is not None:
@@ -135,10 +154,12 @@ def train_variant(
                 "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
                 **({"processes": world.world_size} if world.enabled else {}),
             }
+            # Self-describing: the metadata lets `retinopathy predict` grade a raw photograph with this file alone.
+            meta = model_metadata(arch, mean=mean, std=std, crop=crop, precision=precision, data_fingerprint=data_fingerprint(data_dir))
             save_checkpoint(
                 model_out,
-                {"arch": arch, "pretrained": pretrained, "state_dict": result.best_state, "mean": mean, "std": std, "best_epoch": result.best_epoch, "config": asdict(config),
-                 "precision": precision, "hardware": hardware(dev)},
+                {**meta, "arch": arch, "pretrained": pretrained, "state_dict": result.best_state, "mean": mean, "std": std, "best_epoch": result.best_epoch,
+                 "config": asdict(config), "precision": precision, "hardware": hardware(dev)},
             )
             write_csv(history_out, history.round(5), sep="\t")
             write_json(summary_out, summary)

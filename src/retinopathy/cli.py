@@ -1,0 +1,136 @@
+"""The ``retinopathy`` command: argument parsing only; the work is in :mod:`retinopathy.grading` and :mod:`retinopathy.export`.
+
+Exit status: 0 when everything was done, 1 when some photographs could not be graded (named on stderr),
+2 on a usage error (bad flag, missing model file, a file that is not a retinopathy model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+MAIN_EPILOG = """\
+examples:
+  retinopathy predict models/resnet18-true-42.pt photos/ --out grades.csv
+  retinopathy predict models/resnet18-true-42.pt 10_left.jpeg 10_right.jpeg --heatmaps heatmaps/
+  retinopathy export models/resnet18-true-42.pt --onnx resnet18.onnx
+
+Run `retinopathy <command> --help` for each command's options. Also runs as `python -m retinopathy`.
+"""
+
+PREDICT_EPILOG = """\
+INPUT is any mix of image files, folders (searched recursively for .jpeg/.jpg/.png/.tif/.tiff,
+in sorted order) and CSV lists (one column of paths, or a column named `image` or `path`;
+relative paths are taken from the CSV's folder).
+
+Each photograph is preprocessed exactly as the model's training set was (the settings are stored
+in the model file). The CSV has one row per graded photograph: image, patient, eye (from names like
+`10_left`; empty otherwise), grade, p0..p4, p_referable (= p2 + p3 + p4, referable DR) and
+patient_grade (the worse eye's grade, filled only when both eyes of the patient were graded).
+A photograph that cannot be graded (not an image, truncated, empty, no field of view) is named on
+stderr with its reason and gets NO row; the others are still graded.
+
+exit status: 0 all graded, 1 some could not be graded, 2 usage error (bad flag, missing model
+file, not a retinopathy model).
+
+examples:
+  retinopathy predict models/resnet18-true-42.pt photos/ --out grades.csv
+  retinopathy predict models/resnet50-true-42.pt list.csv extra.jpeg --heatmaps heatmaps/ --device cpu
+"""
+
+EXPORT_EPILOG = """\
+Writes OUT.onnx (input `image`: float32 N x 3 x size x size; output `probabilities`: N x 5, softmax
+inside the graph; dynamic batch axis), checks it with onnxruntime against PyTorch on a batch (the
+largest difference of probabilities is printed; above 1e-4 nothing is written), and writes OUT.json
+next to it with the model's metadata: preprocessing settings, mean, std, grade names, provenance.
+
+Grading with the ONNX file alone (no PyTorch, no this package), per photograph:
+  1. decode as 8-bit RGB, upright (apply the EXIF orientation);
+  2. field of view: pixels with grey level > preprocessing.fov_threshold; the horizontal extent of
+     the bright columns is the circle's diameter, its centre row from the chords at top and bottom;
+  3. crop the circle's bounding square (black where it leaves the frame), resize to
+     preprocessing.size x preprocessing.size with Lanczos;
+  4. if preprocessing.graham: 4 * (img - GaussianBlur(img, radius = graham_sigma * size)) + 128,
+     black outside 95% of the circle;
+  5. divide by 255, subtract `mean`, divide by `std` (per RGB channel), as N x 3 x H x W float32;
+  6. grade = argmax of `probabilities`; P(referable) = p2 + p3 + p4.
+The reference implementation of steps 1-4 is retinopathy.preprocessing.crop_photograph.
+
+example:
+  retinopathy export models/resnet18-true-42.pt --onnx resnet18.onnx
+  python -c "import onnxruntime as ort; print(ort.InferenceSession('resnet18.onnx').get_inputs()[0])"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``retinopathy`` parser with its ``predict`` and ``export`` subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="retinopathy", description="Grade diabetic retinopathy (0-4) in colour fundus photographs with a trained model.",
+        epilog=MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    predict = commands.add_parser(
+        "predict", help="grade photographs, write a CSV (and Grad-CAM heatmaps)", description="Grade photographs with a trained model.",
+        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict.add_argument("model", metavar="MODEL", help="a trained model, e.g. models/resnet18-true-42.pt")
+    predict.add_argument("inputs", metavar="INPUT", nargs="+", help="image files, folders and CSV lists")
+    predict.add_argument("--out", default="grades.csv", help="CSV to write (default: %(default)s)")
+    predict.add_argument("--heatmaps", metavar="DIR", help="write one PNG per photograph: Grad-CAM of the predicted grade over the photograph")
+    predict.add_argument("--batch-size", type=int, default=32, help="photographs per forward pass (default: %(default)s)")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present (default: %(default)s)")
+    export = commands.add_parser(
+        "export", help="export a model to ONNX (probabilities out), verified with onnxruntime", description="Export a trained model to ONNX.",
+        epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("model", metavar="MODEL", help="a trained model, e.g. models/resnet18-true-42.pt")
+    export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write; OUT.json goes next to it")
+    return parser
+
+
+# The library is imported inside the commands: `--help` and a bad flag answer without loading torch.
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on a usage error, 0 after --help
+        return int(exc.code or 0)
+    try:
+        if args.command == "predict":
+            return _predict(args)
+        return _export(args)
+    except FileNotFoundError as exc:
+        print(f"retinopathy {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as exc:  # a file that is not a retinopathy model, a bad --batch-size
+        print(f"retinopathy {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from retinopathy.grading import grade_photographs, summary_table
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    grading = grade_photographs(args.model, args.inputs, out=args.out, heatmaps=args.heatmaps, batch_size=args.batch_size, device=args.device)
+    print(summary_table(grading))
+    print(f"wrote {args.out}" + (f" and {len(grading.heatmaps)} heatmap(s) in {args.heatmaps}" if args.heatmaps else ""))
+    return EXIT_SOME_FAILED if grading.failures else EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    from retinopathy.export import export_onnx
+
+    sidecar = export_onnx(args.model, args.onnx)
+    check = sidecar["onnx"]
+    print(f"wrote {args.onnx} and {Path(args.onnx).with_suffix('.json')}; onnxruntime vs PyTorch on a batch of {check['checked_batch']}: "
+          f"max abs difference of probabilities {check['max_abs_difference']:.2e}")
+    return EXIT_OK
+

@@ -1,0 +1,268 @@
+"""Grade new photographs with a saved model: collect the inputs, predict, explain (Grad-CAM), write one CSV.
+
+Every photograph takes the training path (:func:`retinopathy.inference.photograph_input`). A photograph
+that cannot be graded (not an image, truncated or corrupt, empty, no field of view) is named on stderr
+with its reason and gets no row in the CSV; the others are still graded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+from tqdm.auto import tqdm
+
+from retinopathy.images import open_rgb
+from retinopathy.inference import load_model, photograph_input, probabilities
+from retinopathy.precision import resolve_precision
+from retinopathy.preprocessing import Cropped
+from retinopathy.utils import atomic_path, select_device, write_csv
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
+# A CSV list names its images in one column, or in a column with one of these headers.
+LIST_COLUMNS = ("image", "path")
+# Grad-CAM on the deepest residual stage (what the head sees, as in the Grad-CAM paper) whose map is at least
+# MIN_CAM_SIDE cells wide: at the default 64 px input layer4 is 2x2, one blob per quadrant, so layer3 (4x4) is taken.
+CAM_LAYERS = (("layer4", 32), ("layer3", 16), ("layer2", 8), ("layer1", 4))  # (name, stride)
+MIN_CAM_SIDE = 4
+# Share of the photograph kept under the heatmap (torchcam's alpha).
+HEATMAP_ALPHA = 0.5
+TABLE_ROWS = 20
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An input that could not be graded, and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason if self.path in self.reason else f"{self.path}: {self.reason}"
+
+
+@dataclass
+class Grading:
+    """What :func:`grade_photographs` produced: one row per graded photograph, and the failures."""
+
+    frame: pd.DataFrame
+    grade_names: Sequence[str]
+    failures: list[Failure] = field(default_factory=list)
+    heatmaps: list[Path] = field(default_factory=list)
+
+
+def read_image_list(path: Path) -> list[Path]:
+    """The images a CSV lists: its only column, or its ``image``/``path`` column; relative to the CSV's folder.
+
+    Raises:
+        ValueError: naming the CSV when it cannot be read or has no such column.
+    """
+    try:
+        frame = pd.read_csv(path, header=None, dtype=str, skip_blank_lines=True, keep_default_na=False)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"unreadable CSV list {path}: {exc}") from exc
+    header = [str(value).strip().lower() for value in frame.iloc[0]] if len(frame) else []
+    named = [i for i, name in enumerate(header) if name in LIST_COLUMNS]
+    if named:
+        values = frame.iloc[1:, named[0]]
+    elif frame.shape[1] == 1:
+        values = frame.iloc[:, 0]
+    else:
+        raise ValueError(f"unreadable CSV list {path}: {frame.shape[1]} columns and none named {' or '.join(LIST_COLUMNS)}")
+    entries = [value.strip() for value in values if value.strip()]
+    if not entries:
+        raise ValueError(f"CSV list {path} names no images")
+    return [_resolve_listed(path.parent / entry if not Path(entry).is_absolute() else Path(entry)) for entry in entries]
+
+
+def _resolve_listed(path: Path) -> Path:
+    """A listed name without extension (``10_left``, as the course lists have) with the image suffix it has on disk."""
+    if path.suffix.lower() in IMAGE_SUFFIXES or path.exists():
+        return path
+    found = [path.with_name(path.name + suffix) for suffix in IMAGE_SUFFIXES if path.with_name(path.name + suffix).is_file()]
+    return found[0] if found else path
+
+
+def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[Failure]]:
+    """Image files, folders (searched recursively for image suffixes, sorted) and CSV lists -> image paths, in order.
+
+    Returns:
+        The paths (each once) and the inputs that gave none (missing, empty folder, unreadable CSV).
+    """
+    paths: list[Path] = []
+    failures: list[Failure] = []
+    for item in map(Path, inputs):
+        if not item.exists():
+            failures.append(Failure(str(item), "not found"))
+        elif item.is_dir():
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                failures.append(Failure(str(item), f"folder holds no images ({', '.join(IMAGE_SUFFIXES)})"))
+            paths += found
+        elif item.suffix.lower() == ".csv":
+            try:
+                paths += read_image_list(item)
+            except ValueError as exc:
+                failures.append(Failure(str(item), str(exc)))
+        else:
+            paths.append(item)  # any other file is tried as an image: its decoder decides
+    unique = list(dict.fromkeys(paths))
+    return unique, failures
+
+
+def patient_and_eye(path: Path) -> tuple[str, str]:
+    """``.../10_left.jpeg`` -> ``("10", "left")``; ``("", "")`` for a name without ``_left``/``_right``."""
+    stem, sep, side = path.stem.rpartition("_")
+    return (stem, side) if sep and stem and side in ("left", "right") else ("", "")
+
+
+def patient_grades(frame: pd.DataFrame) -> pd.Series:
+    """The worse eye's predicted grade of each patient, on both eyes' rows; empty unless both eyes were graded."""
+    out = pd.Series(pd.NA, index=frame.index, dtype="Int64")
+    named = frame[frame["patient"] != ""]
+    for _, rows in named.groupby("patient"):
+        if {"left", "right"} <= set(rows["eye"]):
+            out.loc[rows.index] = int(rows["grade"].max())
+    return out
+
+
+def cam_layer(size: int) -> str:
+    """The residual stage Grad-CAM reads for a ``size`` x ``size`` input (see :data:`MIN_CAM_SIDE`)."""
+    return next((name for name, stride in CAM_LAYERS if size // stride >= MIN_CAM_SIDE), CAM_LAYERS[-1][0])
+
+
+def grad_cams(model: nn.Module, images: torch.Tensor, classes: Sequence[int], device: torch.device) -> np.ndarray:
+    """Grad-CAM maps (N, h, w) in [0, 1] of ``classes`` (one per image) at :func:`cam_layer`, in fp32."""
+    from torchcam.methods import GradCAM  # only --heatmaps needs it
+
+    with GradCAM(model, target_layer=cam_layer(images.shape[-1])) as extractor, torch.enable_grad():
+        scores = model(images.to(device))
+        cams = extractor(class_idx=[int(c) for c in classes], scores=scores)[0]
+    return cams.detach().float().cpu().numpy()
+
+
+def heatmap_overlay(path: Path, cropped: Cropped, cam: np.ndarray) -> Image.Image:
+    """The photograph at full size with ``cam`` (computed on the cropped square) laid over its field-of-view square."""
+    from torchcam.utils import overlay_mask
+
+    photo, _ = open_rgb(path)  # full size, upright: the frame the crop was cut from, maybe at a larger scale
+    sx, sy = photo.width / cropped.frame_size[0], photo.height / cropped.frame_size[1]
+    fov = cropped.fov
+    # The same box crop_square cut (in the decoded frame), scaled to the full-size photograph.
+    box = (round(fov.cx - fov.radius), round(fov.cy - fov.radius), round(fov.cx + fov.radius), round(fov.cy + fov.radius))
+    x0, y0, x1, y1 = round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)
+    square = Image.fromarray(cam.astype(np.float32), mode="F").resize((max(1, x1 - x0), max(1, y1 - y0)), Image.Resampling.BILINEAR)
+    mask = Image.new("F", photo.size, 0.0)
+    mask.paste(square, (x0, y0))  # parts of the square outside the frame (a cut-off circle) fall away
+    overlay = overlay_mask(photo, mask, colormap="jet", alpha=HEATMAP_ALPHA)
+    circle = Image.new("L", photo.size, 0)
+    ImageDraw.Draw(circle).ellipse((x0, y0, x1, y1), fill=255)
+    return Image.composite(overlay, photo, circle)  # the black border stays as photographed
+
+
+def _heatmap_path(folder: Path, image: Path, taken: set[Path]) -> Path:
+    """``<folder>/<stem>.png``, numbered when two inputs share a stem."""
+    out, n = folder / f"{image.stem}.png", 1
+    while out in taken:
+        n += 1
+        out = folder / f"{image.stem}-{n}.png"
+    taken.add(out)
+    return out
+
+
+def grade_photographs(
+    model_path: str | os.PathLike[str],
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    heatmaps: str | os.PathLike[str] | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = True,
+) -> Grading:
+    """Grade every photograph ``inputs`` name; write the CSV (``out``) and the heatmaps (``heatmaps``) if asked.
+
+    Columns: image, patient, eye, grade, p0..p4, p_referable (p2 + p3 + p4), patient_grade (the
+    worse eye's grade, only when both eyes of the patient were graded).
+
+    Raises:
+        FileNotFoundError: the model file is missing.
+        ValueError: the model file is not a retinopathy model.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    dev = select_device(device)
+    model, meta = load_model(model_path, dev)
+    precision, _ = resolve_precision("auto", dev)
+    paths, failures = collect_inputs(inputs)
+    for failure in failures:
+        print(f"cannot grade {failure}", file=sys.stderr)
+    heat_dir = Path(heatmaps) if heatmaps is not None else None
+    if heat_dir is not None:
+        heat_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    written: list[Path] = []
+    taken: set[Path] = set()
+    bar = tqdm(total=len(paths), desc="grade", unit="img", dynamic_ncols=True, disable=not progress)
+    for start in range(0, len(paths), batch_size):
+        batch: list[tuple[Path, torch.Tensor, Cropped]] = []
+        for path in paths[start : start + batch_size]:
+            try:
+                tensor, cropped = photograph_input(path, meta)
+            except (OSError, ValueError) as exc:  # FileNotFoundError is an OSError
+                failure = Failure(str(path), str(exc))
+                failures.append(failure)
+                bar.write(f"cannot grade {failure}", file=sys.stderr)
+                continue
+            batch.append((path, tensor, cropped))
+        bar.update(min(batch_size, len(paths) - start))
+        if not batch:
+            continue
+        images = torch.stack([tensor for _, tensor, _ in batch])
+        probs = probabilities(model, images, dev, precision=precision).numpy()
+        grades = probs.argmax(1)
+        if heat_dir is not None:
+            cams = grad_cams(model, images, grades, dev)
+            for (path, _, cropped), cam in zip(batch, cams):
+                target = _heatmap_path(heat_dir, path, taken)
+                with atomic_path(target) as tmp:
+                    heatmap_overlay(path, cropped, cam).save(tmp, format="PNG")
+                written.append(target)
+        for (path, _, _), p, grade in zip(batch, probs, grades):
+            patient, eye = patient_and_eye(path)
+            rows.append({"image": str(path), "patient": patient, "eye": eye, "grade": int(grade),
+                         **{f"p{g}": round(float(p[g]), 6) for g in range(len(p))}, "p_referable": round(float(p[2:].sum()), 6)})
+    bar.close()
+    columns = ["image", "patient", "eye", "grade", *[f"p{g}" for g in range(len(meta["grade_names"]))], "p_referable"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["grade"] = frame["grade"].astype(int)
+    frame["patient_grade"] = patient_grades(frame)
+    if out is not None:
+        write_csv(out, frame)
+    return Grading(frame, meta["grade_names"], failures, written)
+
+
+def summary_table(grading: Grading, *, rows: int = TABLE_ROWS) -> str:
+    """The first ``rows`` graded photographs and the count per grade, as text for the terminal."""
+    frame, grade_names = grading.frame, grading.grade_names
+    lines = []
+    if len(frame):
+        shown = frame.head(rows).assign(image=[Path(p).name for p in frame["image"].head(rows)])
+        shown["name"] = [grade_names[g] for g in shown["grade"]]
+        shown["patient_grade"] = ["" if pd.isna(g) else str(g) for g in shown["patient_grade"]]
+        lines.append(shown[["image", "grade", "name", "p_referable", "patient_grade"]].to_string(index=False, na_rep=""))
+        if len(frame) > rows:
+            lines.append(f"... {len(frame) - rows} more row(s)")
+    counts = frame["grade"].value_counts() if len(frame) else pd.Series(dtype=int)
+    lines.append("per grade: " + ", ".join(f"{g} {name}: {int(counts.get(g, 0))}" for g, name in enumerate(grade_names)))
+    failed = f", {len(grading.failures)} failed (named on stderr, no row in the CSV)" if grading.failures else ""
+    lines.append(f"graded {len(frame)} photograph(s){failed}")
+    return "\n".join(lines)
