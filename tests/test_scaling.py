@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from retinopathy.models import build_model
+from retinopathy.startpoints import write_start_point
 from retinopathy.variants import train_variant
 from retinopathy.training import TrainConfig
 
@@ -85,7 +86,10 @@ def _stage(workdir: Path, processed_dir: Path, nproc: int, monkeypatch: pytest.M
     params.update(epochs=2, batch_size=8, device="cpu", num_workers=0, nproc=nproc)
     workdir.mkdir(parents=True)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    argv = [str(ROOT / "stages" / "train.py"), "--arch", "resnet18", "--pretrained", "false", "--data", str(processed_dir)]
+    # The pretrain stage's from-scratch start point: no weights, the training set's statistics.
+    stats = json.loads((processed_dir / "stats.json").read_text())
+    write_start_point(workdir / "models" / "start" / "resnet18-false", arch="resnet18", source="scratch", mean=stats["mean"], std=stats["std"])
+    argv = [str(ROOT / "stages" / "train.py"), "--arch", "resnet18", "--pretrained", "false", "--seed", "42", "--data", str(processed_dir)]
     if nproc == 1:
         with monkeypatch.context() as patch:
             patch.chdir(workdir)
@@ -103,14 +107,15 @@ def test_two_torchrun_processes_on_cpu_write_one_model_with_metrics_close_to_one
     single = _stage(tmp_path / "single", processed_dir, 1, monkeypatch)
     double = _stage(tmp_path / "double", processed_dir, 2, monkeypatch)
     written = sorted(p.relative_to(double).as_posix() for p in double.rglob("*") if p.is_file())
-    assert written == ["metrics/train/resnet18-false.json", "metrics/train/resnet18-false.tsv", "models/resnet18-false.pt", "params.yaml"]
+    assert written == ["metrics/train/resnet18-false-42.json", "metrics/train/resnet18-false-42.tsv", "models/resnet18-false-42.pt",
+                       "models/start/resnet18-false/start.json", "params.yaml"]
     assert not (double / "checkpoints").exists()  # the resume snapshot goes once the run is complete
-    checkpoint = torch.load(double / "models" / "resnet18-false.pt", weights_only=True)
+    checkpoint = torch.load(double / "models" / "resnet18-false-42.pt", weights_only=True)
     build_model("resnet18", num_classes=5).load_state_dict(checkpoint["state_dict"], strict=True)  # no "module." prefixes
-    summary = json.loads((double / "metrics" / "train" / "resnet18-false.json").read_text())
+    summary = json.loads((double / "metrics" / "train" / "resnet18-false-42.json").read_text())
     assert summary["processes"] == 2 and summary["device"] == "cpu"
-    one = pd.read_csv(single / "metrics" / "train" / "resnet18-false.tsv", sep="\t")
-    two = pd.read_csv(double / "metrics" / "train" / "resnet18-false.tsv", sep="\t")
+    one = pd.read_csv(single / "metrics" / "train" / "resnet18-false-42.tsv", sep="\t")
+    two = pd.read_csv(double / "metrics" / "train" / "resnet18-false-42.tsv", sep="\t")
     assert list(two.columns) == list(one.columns) and two["epoch"].tolist() == [1, 2]
     # Same initial weights, global batch and steps; only the shuffling and per-process BatchNorm differ
     # (measured: losses within 10%).
