@@ -21,8 +21,9 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-# Training and data-loading throughput against torchvision and the raw JPEGs, preprocessing
-# throughput, multiply-adds: about a minute on 2 cores; writes metrics/bench.{json,md}.
+# Training throughput in fp32 and bf16 autocast against torchvision, data loading against the raw
+# JPEGs, preprocessing throughput, multiply-adds; writes metrics/bench.{json,md}. A few minutes on
+# 2 cores, longer where the CPU has no native bf16 (emulated bf16 is slow).
 bench: setup
 	$(PY) benchmarks/bench.py
 
