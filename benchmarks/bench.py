@@ -42,7 +42,7 @@ from retinopathy.data import FundusDataset, build_transform, load_rgb, make_load
 from retinopathy.fundus import crop_to_fov
 from retinopathy.models import build_model
 from retinopathy.params import get, load_params
-from retinopathy.precision import resolve_precision
+from retinopathy.precision import cpu_info, resolve_precision
 from retinopathy.synthetic import render_fundus
 from retinopathy.training import make_optimizer, make_schedule, prepare_model, train_one_epoch
 from retinopathy.utils import atomic_path, select_device, write_json
@@ -250,12 +250,7 @@ def multiply_adds(arch: str, size: int) -> float:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_info()[0]  # the same /proc/cpuinfo reader that decides `precision: auto`
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     auto, reason = resolve_precision("auto", torch.device("cpu"))

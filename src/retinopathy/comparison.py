@@ -47,14 +47,18 @@ def _inputs(runs: list[Run], by_grade: bool) -> tuple[np.ndarray, list[np.ndarra
     return referable(y), [run.predictions["p_referable"].to_numpy() for run in runs]
 
 
+def _reported(run: Run, name: str) -> float:
+    """A test metric as the evaluate stage reported it for ``run`` (not recomputed here)."""
+    return run.metrics["referable"]["auc"]["value"] if name == "referable_auc" else run.metrics[name]
+
+
 def per_variant(runs: dict[str, list[Run]]) -> dict[str, dict[str, Any]]:
-    """Each variant's test metrics averaged over its seeds (and their spread when there are several)."""
+    """Each variant's test metrics, as evaluated, averaged over its seeds (and their spread when there are several)."""
     out = {}
     for variant, variant_runs in runs.items():
         row: dict[str, Any] = {"seeds": [run.seed for run in variant_runs]}
-        for name, (metric, by_grade) in METRICS.items():
-            y, outputs = _inputs(variant_runs, by_grade)
-            values = np.array([metric(y, o) for o in outputs])
+        for name in METRICS:
+            values = np.array([_reported(run, name) for run in variant_runs])
             row[name] = round(float(values.mean()), 4)
             if len(values) > 1:
                 row[f"{name}_sd"] = round(float(values.std(ddof=1)), 4)

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from retinopathy.metrics import confusion, referable, roc_auc, roc_table
+from retinopathy.metrics import confusion, referable, referable_score, roc_auc, roc_table
 from retinopathy.plotting import accuracy_curves, confusion_pair, roc_curves, summary_bars
 from retinopathy.results import ARCHS, PRETRAINED, Run, describe, load_runs, variant_name
 from retinopathy.utils import atomic_path
@@ -50,6 +50,7 @@ def make_figures(
 ) -> pd.DataFrame:
     """Draw the figures into ``out_dir`` and write the `dvc plots` CSVs into ``plots_dir``; return the summary table."""
     runs = load_runs(seeds, eval_dir=eval_dir, predictions_dir=predictions_dir, train_dir=history_dir, archs=archs)
+    pooled_by_variant = {variant: _pooled(variant_runs) for variant, variant_runs in runs.items()}
     rows = {}
     with atomic_path(out_dir) as figures, atomic_path(plots_dir) as plots:
         figures.mkdir()
@@ -58,7 +59,7 @@ def make_figures(
             matrices, histories = {}, {}
             for pretrained in PRETRAINED:
                 variant = variant_name(arch, pretrained)
-                pooled = _pooled(runs[variant])
+                pooled = pooled_by_variant[variant]
                 matrices[pretrained == "true"] = confusion(pooled["actual"], pooled["predicted"], normalize=True)
                 histories[pretrained == "true"] = history = _mean_history(runs[variant])
                 pooled[["seed", "image", "actual", "predicted"]].to_csv(plots / f"confusion_{variant}.csv", index=False)
@@ -74,9 +75,9 @@ def make_figures(
         summary_bars(table, figures / "summary.png", dpi=dpi)
         for grade, name in ((2, "referable"), (3, "sight_threatening")):
             curves, aucs = {}, {}
-            for variant, variant_runs in runs.items():
-                pooled = _pooled(variant_runs)
-                y, score = referable(pooled["actual"], from_grade=grade), pooled[[f"p{g}" for g in range(grade, 5)]].sum(axis=1)
+            for variant, pooled in pooled_by_variant.items():
+                probs = pooled[[f"p{g}" for g in range(5)]].to_numpy()
+                y, score = referable(pooled["actual"], from_grade=grade), referable_score(probs, from_grade=grade)
                 curves[describe(variant)] = _roc_or_empty(y, score)
                 aucs[describe(variant)] = roc_auc(y, score)
             roc_curves(curves, aucs, figures / f"roc_{name}.png", title=f"{name.replace('_', '-')} DR (grade >= {grade}), test", dpi=dpi)

@@ -7,12 +7,11 @@ difference", never "improves".
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from retinopathy.results import ARCHS, PRETRAINED, describe, variant_name
+from retinopathy.results import ARCHS, PRETRAINED, describe, read_json, variant_name
 from retinopathy.utils import atomic_path
 
 METRIC_NAMES = {"accuracy": "accuracy", "kappa": "QWK", "macro_f1": "macro-F1", "referable_auc": "referable AUC"}
@@ -53,6 +52,13 @@ def _screening_table(evals: dict[str, list[dict]], key: str) -> list[str]:
     return lines
 
 
+def _better(c: dict[str, Any]) -> str:
+    """``<better> better than <worse>``, for a difference whose interval excludes 0 (every metric here: higher is better)."""
+    first, second = describe(c["first"]), describe(c["second"])
+    better, worse = (first, second) if c["difference"] > 0 else (second, first)
+    return f"{better} better than {worse}"
+
+
 def _conclusions(compared: dict[str, Any]) -> list[str]:
     lines = []
     for question in dict.fromkeys(c["question"] for c in compared["comparisons"]):
@@ -60,7 +66,7 @@ def _conclusions(compared: dict[str, Any]) -> list[str]:
         detected = [c for c in parts if not c["low"] <= 0 <= c["high"]]
         summary = "; ".join(f"{METRIC_NAMES[c['metric']]} {_signed(c)}" for c in parts)
         if detected:
-            verdicts = "; ".join(f"{METRIC_NAMES[c['metric']]}: {c['verdict']}" for c in detected)
+            verdicts = "; ".join(f"{METRIC_NAMES[c['metric']]}: {_better(c)}" for c in detected)
             answer = f"a difference is detected in {len(detected)} of {len(parts)} metrics ({verdicts})."
         else:
             answer = "no detectable difference in any metric: every interval spans 0."
@@ -83,7 +89,7 @@ def write_report(
     for arch in archs:
         for pretrained in PRETRAINED:
             variant = variant_name(arch, pretrained)
-            evals[variant] = [{**json.loads((Path(eval_dir) / f"{variant}-{seed}.json").read_text()), "seed": seed} for seed in seeds]
+            evals[variant] = [{**read_json(Path(eval_dir) / f"{variant}-{seed}.json"), "seed": seed} for seed in seeds]
     first = next(iter(evals.values()))[0]
     settings = compared["settings"]
     one_seed = len(seeds) == 1
@@ -123,6 +129,9 @@ def write_report(
         f"Differences on the same test patients, first minus second, with 95% intervals from {settings['resamples']} "
         "bootstrap replicates that resample test patients" + (" only: with one seed per variant, training randomness is "
                                                               "not in these intervals." if one_seed else " and training seeds."),
+        "",
+        "A variant is called better than another only where the 95% interval of their difference excludes zero; "
+        "where it spans zero, the verdict is \"no detectable difference\".",
         "",
         "| question | metric | difference (95% interval) | verdict |",
         "|---|---|---|---|",

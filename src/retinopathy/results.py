@@ -40,7 +40,8 @@ class Run:
     history: pd.DataFrame | None = None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A stage output's JSON, naming the file and the fix when it is missing."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the stage that writes it (dvc repro)")
     return json.loads(path.read_text())
@@ -78,9 +79,9 @@ def load_runs(
                     reference = images
                 elif images != reference:
                     raise ValueError(f"{predictions_path} covers other test images (or another order) than the first run: rerun evaluate")
-                run = Run(variant, int(seed), _read_json(Path(eval_dir) / f"{key}.json"), predictions)
+                run = Run(variant, int(seed), read_json(Path(eval_dir) / f"{key}.json"), predictions)
                 if train_dir is not None:
-                    run.summary = _read_json(Path(train_dir) / f"{key}.json")
+                    run.summary = read_json(Path(train_dir) / f"{key}.json")
                     history = Path(train_dir) / f"{key}.tsv"
                     run.history = pd.read_csv(history, sep="\t") if history.is_file() else None
                 runs.setdefault(variant, []).append(run)
