@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, roc_auc_score
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, recall_score, roc_auc_score
 
 from retinopathy.metrics import (
     accuracy,
@@ -34,6 +34,55 @@ def test_metrics_agree_with_scikit_learn(y_true: np.ndarray, y_pred: np.ndarray)
     assert accuracy(y_true, y_pred) == pytest.approx(np.mean(y_true == y_pred))
     assert quadratic_weighted_kappa(y_true, y_pred) == pytest.approx(cohen_kappa_score(y_true, y_pred, weights="quadratic"))
     assert macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, labels=range(5), average="macro", zero_division=0))
+
+
+def _random_grade_cases(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Small random cases, many with grades missing from one side, the shapes a bootstrap resample takes."""
+    generator = np.random.default_rng(11)
+    cases = []
+    for _ in range(count):
+        n = int(generator.integers(2, 40))
+        grades_true = generator.choice(5, size=int(generator.integers(1, 6)), replace=False)
+        grades_pred = generator.choice(5, size=int(generator.integers(1, 6)), replace=False)
+        cases.append((generator.choice(grades_true, n), generator.choice(grades_pred, n)))
+    return cases
+
+
+def test_closed_form_grade_metrics_equal_scikit_learn_on_many_resample_shapes() -> None:
+    for y_true, y_pred in _random_grade_cases(300):
+        expected_kappa = cohen_kappa_score(y_true, y_pred, labels=range(5), weights="quadratic")
+        # scikit-learn gives NaN where both sides hold one identical grade; the project calls that 0.
+        expected_kappa = 0.0 if np.isnan(expected_kappa) else expected_kappa
+        assert quadratic_weighted_kappa(y_true, y_pred) == pytest.approx(expected_kappa, abs=1e-12), (y_true, y_pred)
+        assert macro_f1(y_true, y_pred) == pytest.approx(
+            f1_score(y_true, y_pred, labels=range(5), average="macro", zero_division=0), abs=1e-12
+        )
+        assert per_class_recall(y_true, y_pred) == pytest.approx(
+            list(recall_score(y_true, y_pred, labels=range(5), average=None, zero_division=0)), abs=1e-12
+        )
+        np.testing.assert_array_equal(confusion(y_true, y_pred), confusion_matrix(y_true, y_pred, labels=range(5)))
+        assert accuracy(y_true, y_pred) == pytest.approx(np.mean(y_true == y_pred), abs=1e-12)
+
+
+def test_grade_metrics_reject_values_outside_the_grades() -> None:
+    with pytest.raises(ValueError, match="y_pred holds values outside the grades 0..4: \\[5\\]"):
+        accuracy(np.array([0, 1]), np.array([0, 5]))
+    with pytest.raises(ValueError, match="y_true holds values outside"):
+        macro_f1(np.array([-1, 1]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="equal length"):
+        quadratic_weighted_kappa(np.array([0, 1, 2]), np.array([0, 1]))
+
+
+def test_rank_auc_equals_scikit_learn_with_ties() -> None:
+    generator = np.random.default_rng(5)
+    for _ in range(100):
+        n = int(generator.integers(4, 60))
+        y = generator.integers(0, 2, n)
+        if y.min() == y.max():
+            continue
+        # Scores rounded to one decimal: many ties, which both count one half.
+        score = np.round(generator.random(n), 1)
+        assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
 
 
 def test_perfect_agreement_has_kappa_one() -> None:
