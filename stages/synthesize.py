@@ -18,7 +18,8 @@ def main() -> None:
     params = load_params(args.params)
     names = [f.name for f in fields(SyntheticSpec)]
     check_known(params, "synthetic", names)
-    spec = SyntheticSpec(**{name: get(params, f"synthetic.{name}", int) for name in names})
+    kinds = {f.name: float if f.type in (float, "float") else int for f in fields(SyntheticSpec)}
+    spec = SyntheticSpec(**{name: get(params, f"synthetic.{name}", kinds[name]) for name in names})
     table = write_synthetic_set(args.out, spec)
     counts = table.groupby("split").size().to_dict()
     print(f"wrote {len(table)} images to {args.out}: {counts}")

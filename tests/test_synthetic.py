@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retinopathy.synthetic import GRADE_PROPORTIONS, render_fundus, sample_grades
+from pathlib import Path
+
+from PIL import Image
+
+from retinopathy.embedded import SyntheticSpec, write_synthetic_set
+from retinopathy.synthetic import GRADE_PROPORTIONS, draw_camera, pair_grades, render_fundus, sample_grades
 
 
 def _pixels(grade: int, seed: int, **kwargs) -> np.ndarray:
@@ -109,3 +114,59 @@ def test_sample_grades_rejects_bad_arguments_by_name(args: tuple, culprit: str) 
     n, *rest = args
     with pytest.raises(ValueError, match=rf"\b{culprit}\b"):
         sample_grades(n, np.random.default_rng(0), *rest)
+
+
+def test_pair_grades_keeps_the_per_eye_class_mix_exactly() -> None:
+    pairs = pair_grades(500, np.random.default_rng(3))
+    assert pairs.shape == (500, 2)
+    expected = np.bincount(sample_grades(1000, np.random.default_rng(0)), minlength=5)
+    np.testing.assert_array_equal(np.bincount(pairs.ravel(), minlength=5), expected)
+
+
+@pytest.mark.parametrize("agreement", [0.85, 0.7, 1.0])
+def test_pair_grades_hits_the_agreement_and_discordant_eyes_mostly_differ_by_one(agreement: float) -> None:
+    pairs = pair_grades(500, np.random.default_rng(4), agreement=agreement)
+    same = np.mean(pairs[:, 0] == pairs[:, 1])
+    # Within one patient of the target, apart from the few pairs sorting leaves discordant at 1.0.
+    assert abs(same - agreement) <= 0.01, same
+    gaps = np.abs(pairs[:, 0] - pairs[:, 1])[pairs[:, 0] != pairs[:, 1]]
+    if agreement < 1.0:
+        assert np.mean(gaps == 1) >= 0.6, np.bincount(gaps)
+
+
+def test_pair_grades_puts_no_grade_on_one_side() -> None:
+    pairs = pair_grades(2000, np.random.default_rng(5))
+    left, right = np.bincount(pairs[:, 0], minlength=5), np.bincount(pairs[:, 1], minlength=5)
+    # Sides are shuffled per patient: each grade splits about evenly between left and right eyes.
+    assert np.all(np.abs(left - right) <= 4 * np.sqrt(left + right + 1)), (left, right)
+
+
+def test_pair_grades_rejects_bad_agreement_by_name() -> None:
+    with pytest.raises(ValueError, match="agreement must be in"):
+        pair_grades(10, np.random.default_rng(0), agreement=1.5)
+
+
+def test_camera_fixes_the_nuisance_factors_but_not_the_anatomy() -> None:
+    camera = draw_camera(np.random.default_rng(9))
+    a = np.asarray(render_fundus(0, np.random.default_rng(1), size=96, camera=camera))
+    b = np.asarray(render_fundus(0, np.random.default_rng(2), size=96, eye="right", camera=camera))
+    assert a.shape == b.shape  # framing comes from the camera
+    assert not np.array_equal(a, b)  # the eyes differ
+    other = np.asarray(render_fundus(0, np.random.default_rng(1), size=96, camera=draw_camera(np.random.default_rng(10))))
+    assert not np.array_equal(a, other)
+
+
+def test_embedded_set_pairs_eyes_like_screening_patients(tmp_path: Path) -> None:
+    spec = SyntheticSpec(seed=3, train_patients=30, test_patients=6, unlabeled_patients=2, min_size=64, max_size=128)
+    table = write_synthetic_set(tmp_path / "set", spec, workers=1)
+    table["patient"] = table["image"].str.rsplit("_", n=1).str[0]
+    sizes = {row.image: Image.open(tmp_path / "set" / f"{row.image}.jpeg").size for row in table.itertuples()}
+    by_patient = table.groupby("patient")["image"].apply(list)
+    # Both eyes of every patient share the session's image size; patients differ.
+    assert all(sizes[a] == sizes[b] for a, b in by_patient)
+    assert len({sizes[a] for a, _ in by_patient}) > 5
+    levels = table[table["split"] != "unlabeled"].groupby("patient")["level"].apply(list)
+    same = np.mean([a == b for a, b in levels])
+    assert same >= 0.7, same
+    with pytest.raises(ValueError, match="synthetic.eye_agreement"):
+        write_synthetic_set(tmp_path / "bad", SyntheticSpec(eye_agreement=2.0), workers=1)

@@ -3,6 +3,11 @@
 ``<root>/<patient>_<left|right>.jpeg`` images, header-less one-column CSVs
 (``train_img.csv``, ``train_label.csv``, ``test_img.csv``, ``test_label.csv``) and an unlabelled
 pool listed in ``unlabeled_img.csv``, so the same reader serves this set and the course's real one.
+
+Patients look like screening patients: both eyes share one camera session (image size, JPEG quality,
+framing, exposure, colour cast, optics; :class:`retinopathy.synthetic.Camera`), and their grades are
+correlated (``eye_agreement`` of the patients have one grade in both eyes, see
+:func:`retinopathy.synthetic.pair_grades`), while each eye keeps its own anatomy and lesions.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from retinopathy.synthetic import render_fundus, sample_grades
+from retinopathy.synthetic import EYE_AGREEMENT, draw_camera, pair_grades, render_fundus
 from retinopathy.utils import atomic_path
 
 
@@ -32,17 +37,20 @@ class SyntheticSpec:
     max_size: int = 320
     jpeg_quality_min: int = 70
     jpeg_quality_max: int = 95
+    eye_agreement: float = EYE_AGREEMENT
 
 
 def _render_one(job: tuple[int, int, str, int, SyntheticSpec, str]) -> None:
-    """Render and save one image; its own generator makes the result independent of worker order."""
+    """Render and save one image; its own generators make the result independent of worker order."""
     seed, index, name, grade, spec, out_dir = job
-    rng = np.random.default_rng([seed, index])
-    # Size and JPEG quality vary per image and never depend on the grade (no shortcut to learn).
-    size = int(rng.integers(spec.min_size, spec.max_size + 1))
-    quality = int(rng.integers(spec.jpeg_quality_min, spec.jpeg_quality_max + 1))
-    eye = name.rsplit("_", 1)[1]
-    image = render_fundus(grade, rng, size=size, eye=eye)
+    patient, eye = name.rsplit("_", 1)
+    # The camera session (size, JPEG quality, framing, exposure, colour) is the patient's: both eyes draw
+    # the same from a generator seeded by the patient alone. None of it depends on the grade.
+    session = np.random.default_rng([seed, int(patient), 1])
+    size = int(session.integers(spec.min_size, spec.max_size + 1))
+    quality = int(session.integers(spec.jpeg_quality_min, spec.jpeg_quality_max + 1))
+    camera = draw_camera(session)
+    image = render_fundus(grade, np.random.default_rng([seed, index]), size=size, eye=eye, camera=camera)
     image.save(Path(out_dir) / f"{name}.jpeg", quality=quality)
 
 
@@ -50,20 +58,21 @@ def write_synthetic_set(root: str | os.PathLike[str], spec: SyntheticSpec, *, wo
     """Render the whole set into ``root`` (replaced atomically) and return its table (image, level, split)."""
     if spec.min_size > spec.max_size:
         raise ValueError(f"synthetic.min_size {spec.min_size} exceeds synthetic.max_size {spec.max_size}")
+    if not 0.0 <= spec.eye_agreement <= 1.0:
+        raise ValueError(f"synthetic.eye_agreement must be in [0, 1], got {spec.eye_agreement!r}")
     rng = np.random.default_rng(spec.seed)
     rows = []
     patient = 1
     for split, n_patients in (("train", spec.train_patients), ("test", spec.test_patients), ("unlabeled", spec.unlabeled_patients)):
-        grades = sample_grades(2 * n_patients, rng) if split != "unlabeled" else np.full(2 * n_patients, -1)
+        # The pool keeps the EyePACS mix and the eye pairing too, unseen labels and all, as a real pool would.
+        grades = pair_grades(n_patients, rng, agreement=spec.eye_agreement)
         for k in range(n_patients):
-            for side, grade in zip(("left", "right"), grades[2 * k : 2 * k + 2]):
-                rows.append({"image": f"{patient}_{side}", "level": int(grade), "split": split})
+            for side, grade in zip(("left", "right"), grades[k]):
+                labelled = split != "unlabeled"
+                rows.append({"image": f"{patient}_{side}", "level": int(grade) if labelled else -1,
+                             "split": split, "pool_grade": -1 if labelled else int(grade)})
             patient += 1
     table = pd.DataFrame(rows)
-    if (table["split"] == "unlabeled").any():
-        # The pool keeps the EyePACS mix too, unseen labels and all, as a real unlabelled pool would.
-        pool = table["split"] == "unlabeled"
-        table.loc[pool, "pool_grade"] = sample_grades(int(pool.sum()), rng)
     workers = workers or os.cpu_count() or 1
     with atomic_path(root) as tmp:
         tmp.mkdir()

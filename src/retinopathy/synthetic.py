@@ -17,8 +17,9 @@ Lesions follow the International Clinical Diabetic Retinopathy scale:
 Lesions are drawn a little larger than life so they survive downsampling to 64 px.
 
 Shortcut guard: every nuisance factor (brightness, colour cast, haze, blur, sensor noise, aspect
-ratio, FOV size and cut-off, disc position, vessel layout) is drawn from ``rng`` *before* the
-lesions and never looks at the grade. So the grade can only be learnt from the lesions, and the
+ratio, FOV size and cut-off, disc position, vessel layout) is drawn *before* the lesions and never
+looks at the grade: the camera factors from a :class:`Camera` (shared by both eyes of a patient, as
+one screening visit shares camera, exposure and colour cast), the anatomy from ``rng``. So the grade can only be learnt from the lesions, and the
 same rng state gives the same eye at every grade, differing only in its lesions.
 """
 
@@ -31,9 +32,17 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["GRADE_PROPORTIONS", "sample_grades", "render_fundus"]
+__all__ = ["GRADE_PROPORTIONS", "EYE_AGREEMENT", "Camera", "draw_camera", "pair_grades", "sample_grades", "render_fundus"]
 
 GRADE_PROPORTIONS: tuple[float, ...] = (0.735, 0.07, 0.15, 0.025, 0.02)  # EyePACS-like class mix, grades 0..4
+
+# Share of patients whose two eyes carry the same grade. No published figure for this share in
+# EyePACS was found in the sources searched, so 0.85 is a stated choice, not a measurement: DR is a
+# systemic disease and both eyes usually sit at one stage, while asymmetric disease is common enough
+# (mild DR especially) that a patient model must not assume equality. Discordant patients differ by
+# one grade in about ``ONE_GRADE_SHARE`` of cases (the stages are a progression), by more otherwise.
+EYE_AGREEMENT = 0.85
+ONE_GRADE_SHARE = 0.8
 
 # Multiplicative tints (how much of each channel survives) and blend colours, as RGB in 0..1.
 _VESSEL_TINT = np.array([0.58, 0.30, 0.32], dtype=np.float32)
@@ -80,6 +89,79 @@ class _Vessel:
         return self.w0 + (self.w1 - self.w0) * i / (len(self.points) - 1)
 
 
+@dataclass(frozen=True)
+class Camera:
+    """What one camera session fixes for both eyes of a patient; never depends on a grade.
+
+    ``blur`` and ``noise`` are given at 256 px and scaled to the image size.
+    """
+
+    aspect: float  # canvas width / height
+    cut: bool  # the circle clipped at top and bottom
+    fov_scale: float  # FOV diameter / canvas height
+    gain: float  # exposure
+    cast: tuple[float, float, float]  # per-channel colour cast
+    haze: float
+    blur: float
+    noise: float
+
+
+def draw_camera(rng: np.random.Generator) -> Camera:
+    """A random camera session (framing, exposure, colour cast, haze, optics, sensor noise)."""
+    aspect = float(rng.uniform(1.0, 1.5))
+    cut = bool(rng.random() < 0.2)  # some cameras clip the circle at top and bottom
+    fov_scale = float(rng.uniform(1.02, 1.15) if cut else rng.uniform(0.82, 1.0))
+    gain = float(rng.uniform(0.55, 1.2))
+    cast = tuple(float(c) for c in np.exp(rng.normal(0.0, 0.07, 3)))
+    return Camera(aspect, cut, fov_scale, gain, cast, float(rng.uniform(0.0, 0.08)), float(rng.uniform(0.0, 0.9)),
+                  float(rng.uniform(0.004, 0.02)))
+
+
+def pair_grades(
+    n_patients: int,
+    rng: np.random.Generator,
+    *,
+    agreement: float = EYE_AGREEMENT,
+    one_grade_share: float = ONE_GRADE_SHARE,
+    proportions: Sequence[float] = GRADE_PROPORTIONS,
+) -> np.ndarray:
+    """Grades of both eyes of ``n_patients`` patients, shape (n, 2): columns left, right.
+
+    The 2n eye grades have exactly the counts of ``sample_grades(2 * n)`` (the class mix is kept per
+    eye). About ``agreement`` of the patients get the same grade in both eyes (within one patient of
+    the target, as far as the counts allow); the discordant ones come from swapping one eye between two
+    concordant patients, whose grades are adjacent with probability ``one_grade_share``.
+
+    Raises:
+        ValueError: naming ``agreement`` or ``one_grade_share`` when outside [0, 1].
+    """
+    for name, value in (("agreement", agreement), ("one_grade_share", one_grade_share)):
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    eyes = np.sort(sample_grades(2 * n_patients, rng, proportions))
+    pairs = eyes.reshape(n_patients, 2).copy()  # sorted, so nearly every pair is concordant
+    target = round((1.0 - float(agreement)) * n_patients)
+    while int(np.sum(pairs[:, 0] != pairs[:, 1])) + 1 < target:
+        same = np.flatnonzero(pairs[:, 0] == pairs[:, 1])
+        if len(same) < 2:
+            break
+        a = int(rng.choice(same))
+        grade = pairs[a, 0]
+        others = same[pairs[same, 0] != grade]
+        if len(others) == 0:
+            break
+        adjacent = others[np.abs(pairs[others, 0] - grade) == 1]
+        far = others[np.abs(pairs[others, 0] - grade) > 1]
+        pool = adjacent if len(adjacent) and (len(far) == 0 or rng.random() < one_grade_share) else far
+        b = int(rng.choice(pool))
+        pairs[a, 1], pairs[b, 1] = pairs[b, 1], pairs[a, 1]
+    # Random order of patients and of the eyes within each: neither position nor side carries the grade.
+    pairs = pairs[rng.permutation(n_patients)]
+    flip = rng.random(n_patients) < 0.5
+    pairs[flip] = pairs[flip][:, ::-1]
+    return pairs
+
+
 def sample_grades(n: int, rng: np.random.Generator, proportions: Sequence[float] = GRADE_PROPORTIONS) -> np.ndarray:
     """n grades (int64, 0..4) whose counts match proportions as closely as possible, shuffled by rng.
 
@@ -101,11 +183,15 @@ def sample_grades(n: int, rng: np.random.Generator, proportions: Sequence[float]
     return rng.permutation(np.repeat(np.arange(5, dtype=np.int64), counts))
 
 
-def render_fundus(grade: int, rng: np.random.Generator, *, size: int = 256, eye: str = "left") -> Image.Image:
+def render_fundus(
+    grade: int, rng: np.random.Generator, *, size: int = 256, eye: str = "left", camera: Camera | None = None
+) -> Image.Image:
     """One RGB fundus photograph of the given DR grade.
 
-    ``size`` is the height; the width is 1.0-1.5x that (black border left and right). The same grade,
-    rng state, size and eye give byte-identical pixels.
+    ``size`` is the height; the width is 1.0-1.5x that (black border left and right). ``camera`` fixes
+    the session's framing, exposure, colour cast and optics (both eyes of a patient share one); without
+    it a camera is drawn from ``rng`` first. The same grade, rng state, size, eye and camera give
+    byte-identical pixels.
 
     Raises:
         ValueError: naming the bad argument, for grade outside 0..4, eye not in {left, right}, size < 32.
@@ -121,15 +207,17 @@ def render_fundus(grade: int, rng: np.random.Generator, *, size: int = 256, eye:
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
 
     # Everything up to the lesions is grade-blind and consumes rng in a fixed order (see module doc).
-    geo = _layout(rng, int(size), eye)
+    if camera is None:
+        camera = draw_camera(rng)
+    geo = _layout(rng, int(size), eye, camera)
     img, illum, fov = _background(rng, geo)
     ss = 2 if size >= 128 else 4  # supersampling of the drawn layers: thin vessels and dots anti-alias
     vessels = _vessels(rng, geo)
-    gain = rng.uniform(0.55, 1.2) * np.exp(rng.normal(0.0, 0.07, 3)).astype(np.float32)  # brightness x colour cast
-    haze = rng.uniform(0.0, 0.08)
-    blur = rng.uniform(0.0, 0.9) * size / 256
+    gain = camera.gain * np.asarray(camera.cast, dtype=np.float32)  # brightness x colour cast
+    haze = camera.haze
+    blur = camera.blur * size / 256
     # Grey sensor noise (a third of the cost of per-channel noise); weaker at small sizes, as if downsampled.
-    noise_sigma = rng.uniform(0.004, 0.02) * min(1.0, size / 256)
+    noise_sigma = camera.noise * min(1.0, size / 256)
     noise = rng.standard_normal(img.shape[:2], dtype=np.float32)[..., None] * noise_sigma
 
     layers = {k: Image.new("L", (geo.width * ss, geo.height * ss)) for k in ("vessel", "blood", "exudate", "wool")}
@@ -167,12 +255,10 @@ def _composite(img: np.ndarray, layer: Image.Image, ss: int, *, tint: np.ndarray
         region += m * (colour * illum[y0:y1, x0:x1] - region)
 
 
-def _layout(rng: np.random.Generator, size: int, eye: str) -> _Eye:
-    """Canvas size, FOV circle, fovea and disc positions."""
-    aspect = rng.uniform(1.0, 1.5)
-    cut = rng.random() < 0.2  # some cameras clip the circle at top and bottom
-    diameter = size * (rng.uniform(1.02, 1.15) if cut else rng.uniform(0.82, 1.0))
-    width = max(round(size * aspect), math.ceil(diameter) + 2)  # never clip the sides
+def _layout(rng: np.random.Generator, size: int, eye: str, camera: Camera) -> _Eye:
+    """Canvas size and FOV circle (from the camera), fovea and disc positions (from the eye's rng)."""
+    diameter = size * camera.fov_scale
+    width = max(round(size * camera.aspect), math.ceil(diameter) + 2)  # never clip the sides
     r = diameter / 2
     cx = float(np.clip(width / 2 + rng.normal(0.0, 0.01) * size, r + 1, width - r - 1))
     cy = size / 2 + rng.normal(0.0, 0.01) * size
