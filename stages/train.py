@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from retinopathy.decoding import DECODINGS, HEADS
 from retinopathy.distributed import torchrun_command, under_torchrun
 from retinopathy.models import ARCHITECTURES
 from retinopathy.params import ParamsError, check_known, get, load_params
@@ -17,7 +18,7 @@ from retinopathy.variants import train_variant
 # Top-level keys: training hyperparameters, then the other stages' sections.
 TOP_LEVEL = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting",
              "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "precision", "seed", "seeds", "compile",
-             "nproc", "sync_bn"]
+             "nproc", "sync_bn", "head", "decode"]
 SECTIONS = ["synthetic", "data", "preprocess", "pretrain", "evaluate", "compare", "plot"]
 
 
@@ -28,6 +29,10 @@ def main() -> None:
     parser.add_argument("--seed", required=True, type=int, help="training seed: initial head/weights, shuffling, augmentation")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
+    parser.add_argument("--start", default="models/start", help="folder of the start points <arch>-<pretrained>")
+    parser.add_argument("--models", default="models", help="folder the model <arch>-<pretrained>-<seed>.pt goes to")
+    parser.add_argument("--metrics", default="metrics/train", help="folder of the per-epoch history and the run's summary")
+    parser.add_argument("--checkpoints", default="checkpoints", help="folder of the resume snapshot (not a stage output)")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -55,6 +60,8 @@ def main() -> None:
         compile=get(params, "compile", bool),
         sync_bn=get(params, "sync_bn", bool),
         precision=get(params, "precision", str, choices=PRECISIONS),
+        head=get(params, "head", str, choices=HEADS),
+        decode=get(params, "decode", str, choices=DECODINGS),
     )
     variant = f"{args.arch}-{args.pretrained}-{args.seed}"
     summary = train_variant(
@@ -62,16 +69,16 @@ def main() -> None:
         pretrained=args.pretrained == "true",
         config=config,
         data_dir=args.data,
-        start_path=f"models/start/{args.arch}-{args.pretrained}",
-        model_out=f"models/{variant}.pt",
-        history_out=f"metrics/train/{variant}.tsv",
-        summary_out=f"metrics/train/{variant}.json",
+        start_path=f"{args.start}/{args.arch}-{args.pretrained}",
+        model_out=f"{args.models}/{variant}.pt",
+        history_out=f"{args.metrics}/{variant}.tsv",
+        summary_out=f"{args.metrics}/{variant}.json",
         flip=get(params, "flip", bool),
         rotation=get(params, "rotation", float),
         zero_init_residual=get(params, "zero_init_residual", bool),
         device=get(params, "device", str),
         # Outside the stage's outputs, which DVC deletes before a rerun; the run deletes it when done.
-        resume_path=f"checkpoints/{variant}.pt",
+        resume_path=f"{args.checkpoints}/{variant}.pt",
     )
     if os.environ.get("RANK", "0") == "0":
         print(f"{variant}: best epoch {summary['best_epoch']}, val acc {summary['val_acc']}, val kappa {summary['val_kappa']}")

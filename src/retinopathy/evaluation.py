@@ -1,5 +1,13 @@
 """Stage evaluate@<variant>: a trained model's test metrics with patient-bootstrap intervals, screening
-metrics at operating points chosen on validation, and per-image predictions."""
+metrics at operating points chosen on validation, and per-image predictions.
+
+Everything fitted after training (cut-points, the two-eye blend, screening thresholds) is fitted on
+validation predictions only and applied unchanged to test. The ``components`` block grades the same
+model every way the pipeline offers (argmax or tuned cut-points, flips TTA or not, the two-eye blend
+or not) so that each piece's contribution can be read off: its validation figures come from a 2-fold
+split of the validation patients (fit on one half, score the other, and back), so tuning never scores
+itself; its test figures fit on all of validation.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +20,8 @@ import pandas as pd
 
 from retinopathy import GRADES
 from retinopathy.data import build_transform, make_loader, patient_of, processed_dataset
-from retinopathy.inference import predict
+from retinopathy.decoding import Decoder, PatientBlend
+from retinopathy.inference import TTA, load_model, model_decoder, predict
 from retinopathy.metrics import (
     accuracy,
     macro_f1,
@@ -24,10 +33,9 @@ from retinopathy.metrics import (
     sensitivity_specificity,
     summarize,
 )
-from retinopathy.models import build_model
 from retinopathy.precision import hardware, resolve_precision
 from retinopathy.statistics import patient_bootstrap
-from retinopathy.utils import load_checkpoint, select_device, write_csv, write_json
+from retinopathy.utils import select_device, write_csv, write_json
 
 GRADE_METRICS = {"accuracy": accuracy, "kappa": quadratic_weighted_kappa, "macro_f1": macro_f1}
 
@@ -42,6 +50,84 @@ class EvalSettings:
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
     bootstrap_seed: int = 0
+    tta: str = "none"  # none | flips: the mean over the image and its horizontal, vertical and double flips
+    patient_blend: bool = False  # grade each eye from its own score and its partner's (fitted on validation)
+
+
+def eye_of(image: str) -> str:
+    """``'10_left'`` -> ``'left'``; ``''`` for a name without a side."""
+    side = image.rpartition("_")[2]
+    return side if side in {"left", "right"} else ""
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split's model outputs: image names, raw head outputs, labels."""
+
+    names: list[str]
+    raw: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def patients(self) -> list[str]:
+        return [patient_of(n) for n in self.names]
+
+    @property
+    def eyes(self) -> list[str]:
+        return [eye_of(n) for n in self.names]
+
+    def take(self, index: np.ndarray) -> "Split":
+        return Split([self.names[i] for i in index], self.raw[index], self.labels[index])
+
+
+def grade_with(decoder: Decoder, fit: Split, apply: Split, *, blend: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    """Grades of ``apply`` with ``decoder``'s cut-points (and the blend) fitted on ``fit`` alone, and what was fitted."""
+    tuned = decoder.fitted(fit.labels, fit.raw)
+    if not blend:
+        return tuned.grades(apply.raw), {"decoder": tuned.to_dict()}
+    model = PatientBlend().fit(fit.labels, tuned.score(fit.raw), fit.patients, fit.eyes)
+    return model.grades(tuned.score(apply.raw), apply.patients, apply.eyes), {"decoder": tuned.to_dict(), "blend": model.to_dict()}
+
+
+def _grade_scores(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    return {name: round(float(fn(labels, preds)), 4) for name, fn in GRADE_METRICS.items()}
+
+
+def _patient_folds(split: Split, seed: int) -> list[np.ndarray]:
+    """Two halves of a split's images, by patient (both eyes in one half), seeded."""
+    patients = np.asarray(split.patients)
+    unique = np.random.default_rng(seed).permutation(np.unique(patients))
+    first = np.isin(patients, unique[: len(unique) // 2])
+    return [np.flatnonzero(first), np.flatnonzero(~first)]
+
+
+def components(head: str, val: dict[str, Split], test: dict[str, Split], *, seed: int = 0) -> list[dict[str, Any]]:
+    """Every grading setup of one model on validation (2-fold over patients) and test (fitted on validation).
+
+    Args:
+        head: the model's head.
+        val, test: outputs per TTA setting (``"none"``, ``"flips"``).
+    """
+    decodes = ["argmax", "expected"] if head == "classification" else ["expected"]
+    rows = []
+    for tta in val:
+        for decode in decodes:
+            for blend in (False, True):
+                if blend and decode == "argmax":
+                    continue  # the blend works on a continuous score, so it always ends in tuned cut-points
+                decoder = Decoder(head=head, decode=decode)
+                folds = _patient_folds(val[tta], seed)
+                val_preds = np.empty(len(val[tta].labels), dtype=np.int64)
+                for fit_idx, score_idx in (folds, folds[::-1]):
+                    val_preds[score_idx] = grade_with(decoder, val[tta].take(fit_idx), val[tta].take(score_idx), blend=blend)[0]
+                test_preds, _ = grade_with(decoder, val[tta], test[tta], blend=blend)
+                rows.append({
+                    "tta": tta, "decode": "cut-points" if head == "regression" else decode, "patient_blend": blend,
+                    "val_2fold": _grade_scores(val[tta].labels, val_preds),
+                    "test": _grade_scores(test[tta].labels, test_preds),
+                    "test_predicted_grades": np.bincount(test_preds, minlength=len(GRADES)).tolist(),
+                })
+    return rows
 
 
 def screening(
@@ -90,32 +176,54 @@ def evaluate_variant(
     device: str = "auto",
     num_workers: int = 0,
     precision: str = "auto",
+    head: str | None = None,
 ) -> dict[str, Any]:
     """Predict validation and test with a trained model; write test metrics (with intervals) and test predictions.
 
     Intervals are percentile bootstraps over test *patients* (both eyes resampled together).
-    Validation predictions are used for one thing only: choosing the screening thresholds.
+    Validation predictions are used to fit what decoding needs (cut-points under TTA, the two-eye
+    blend) and to choose the screening thresholds; test predictions are never used to fit anything.
+
+    Raises:
+        ValueError: ``head`` (the params' head) differs from the head the model was trained with, naming
+            both; ``settings.tta`` is unknown.
     """
-    checkpoint = load_checkpoint(model_path)
+    if settings.tta not in TTA:
+        raise ValueError(f"evaluate.tta {settings.tta!r}; choose one of {list(TTA)}")
     dev = select_device(device)
+    model, meta = load_model(model_path, dev)
+    decoder = model_decoder(meta)
+    if head is not None and head != decoder.head:
+        raise ValueError(f"{model_path} was trained with head {decoder.head!r} but params.yaml asks for head {head!r}; "
+                         f"retrain it (dvc repro) or set head: {decoder.head}")
     resolved, _ = resolve_precision(precision, dev)
-    model = build_model(checkpoint["arch"], num_classes=len(GRADES))
-    model.load_state_dict(checkpoint["state_dict"], strict=True)
-    model.to(dev)
-    transform = build_transform(mean=checkpoint["mean"], std=checkpoint["std"], train=False)
-    outputs = {}
+    transform = build_transform(mean=meta["mean"], std=meta["std"], train=False)
+    splits: dict[str, dict[str, Split]] = {"val": {}, "test": {}}
     for split in ("val", "test"):
         dataset = processed_dataset(data_dir, split, transform)
         loader = make_loader(dataset, batch_size=settings.batch_size, train=False, num_workers=num_workers, generator=None, device=dev)
-        probs, labels = predict(model, loader, dev, precision=resolved, desc=split)
-        outputs[split] = (dataset.names, probs, labels)
-    names, probs, labels = outputs["test"]
-    patients = np.asarray([patient_of(name) for name in names])
-    preds = probs.argmax(1)
+        for tta in TTA:
+            raw, labels = predict(model, loader, dev, precision=resolved, desc=f"{split} (tta {tta})", head=decoder.head, tta=tta)
+            splits[split][tta] = Split(list(dataset.names), raw, labels)
+    val, test = splits["val"][settings.tta], splits["test"][settings.tta]
+    # The checkpoint's cut-points were tuned on validation outputs without TTA; under TTA they are tuned again,
+    # on validation outputs with it.
+    chosen = decoder if settings.tta == "none" else Decoder(decoder.head, decoder.decode).fitted(val.labels, val.raw)
+    preds, fitted = grade_with(chosen, val, test, blend=settings.patient_blend) if settings.patient_blend else (chosen.grades(test.raw), {"decoder": chosen.to_dict()})
+    names, labels = test.names, test.labels
+    probs = chosen.probabilities(test.raw)
+    val_probs, val_labels = chosen.probabilities(val.raw), val.labels
+    patients = np.asarray(test.patients)
     boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
     metrics: dict[str, Any] = summarize(labels, preds)
     metrics["intervals"] = {name: patient_bootstrap(fn, [labels, preds], patients, **boot).to_dict() for name, fn in GRADE_METRICS.items()}
-    val_names, val_probs, val_labels = outputs["val"]
+    counts = pd.Series(patients).value_counts()
+    metrics["grading"] = {
+        "head": decoder.head, "tta": settings.tta, "patient_blend": settings.patient_blend, **fitted,
+        # Graded from that eye alone (the blend falls back to it).
+        "test_patients_with_one_eye": int((counts == 1).sum()),
+    }
+    metrics["components"] = components(decoder.head, splits["val"], splits["test"], seed=settings.bootstrap_seed)
     metrics["referable"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=2)
     metrics["sight_threatening"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=3)
     metrics["bootstrap"] = {"unit": "patient", "patients": int(len(set(patients))), "resamples": settings.bootstrap_resamples,

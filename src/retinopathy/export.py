@@ -65,6 +65,9 @@ def export_onnx(model_path: str | os.PathLike[str], out: str | os.PathLike[str],
 
     out = Path(out)
     model, meta = load_model(model_path, torch.device("cpu"))
+    if meta["head"] != "classification":
+        raise ValueError(f"{model_path}: ONNX export covers classification heads (probabilities out); "
+                         f"this model has a {meta['head']!r} head")
     wrapped = WithSoftmax(model).eval()
     size = int(meta["preprocessing"]["size"])
     generator = torch.Generator().manual_seed(seed)

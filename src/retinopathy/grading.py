@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retinopathy.images import open_rgb
-from retinopathy.inference import load_model, photograph_input, probabilities
+from retinopathy.inference import load_model, model_decoder, outputs, photograph_input
 from retinopathy.precision import resolve_precision
 from retinopathy.preprocessing import Cropped
 from retinopathy.utils import atomic_path, select_device, write_csv
@@ -201,6 +201,7 @@ def grade_photographs(
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     dev = select_device(device)
     model, meta = load_model(model_path, dev)
+    decoder = model_decoder(meta)
     precision, _ = resolve_precision("auto", dev)
     paths, failures = collect_inputs(inputs)
     for failure in failures:
@@ -227,10 +228,12 @@ def grade_photographs(
         if not batch:
             continue
         images = torch.stack([tensor for _, tensor, _ in batch])
-        probs = probabilities(model, images, dev, precision=precision).numpy()
-        grades = probs.argmax(1)
+        raw = outputs(model, images, dev, precision=precision, head=decoder.head).numpy()
+        # The model's own decoding: argmax, or the cut-points tuned on its validation set.
+        probs, grades = decoder.probabilities(raw), decoder.grades(raw)
         if heat_dir is not None:
-            cams = grad_cams(model, images, grades, dev)
+            # A regression head has one output: its map shows what raises the predicted grade.
+            cams = grad_cams(model, images, grades if decoder.head == "classification" else [0] * len(batch), dev)
             for (path, _, cropped), cam in zip(batch, cams):
                 target = _heatmap_path(heat_dir, path, taken)
                 with atomic_path(target) as tmp:

@@ -21,17 +21,19 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from retinopathy.data import build_transform
+from retinopathy.decoding import Decoder, head_outputs
 from retinopathy.models import build_model
 from retinopathy.precision import autocast
 from retinopathy.preprocessing import CropSettings, Cropped, crop_photograph, crop_settings_record
 from retinopathy.utils import load_checkpoint
 
 # Bumped when a key's meaning changes; files without it (or with another) are refused, not guessed at.
-MODEL_FORMAT = "retinopathy-model/1"
+# 2: ``decoding`` became a record (head, decode, cut-points, temperature; retinopathy.decoding.Decoder).
+MODEL_FORMAT = "retinopathy-model/2"
 # International Clinical Diabetic Retinopathy scale, grade 0..4.
 GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative DR")
-HEADS = ("classification",)
-DECODINGS = ("argmax",)
+# Test-time augmentation: none, or the mean over the identity and the three flips (horizontal, vertical, both).
+TTA = ("none", "flips")
 # What grading needs besides the weights; everything else in a checkpoint is provenance.
 REQUIRED_KEYS = ("arch", "state_dict", "head", "decoding", "grade_names", "preprocessing", "mean", "std")
 
@@ -44,6 +46,7 @@ def model_metadata(
     crop: CropSettings | dict[str, Any],
     precision: str = "fp32",
     data_fingerprint: dict[str, Any] | None = None,
+    decoder: Decoder | None = None,
 ) -> dict[str, Any]:
     """Everything a saved model carries to grade a raw photograph by itself (all but the weights and provenance).
 
@@ -53,13 +56,15 @@ def model_metadata(
         crop: the preprocess settings the model was trained on (a stats.json ``crop`` record or the settings).
         precision: the autocast arithmetic the model was trained with.
         data_fingerprint: SHA-256 of the processed set's tables and statistics.
+        decoder: the head and how its outputs become grades (cut-points tuned on validation); argmax by default.
     """
+    decoder = decoder or Decoder()
     record = crop_settings_record(crop) if isinstance(crop, CropSettings) else {k: crop[k] for k in ("size", "fov_threshold", "graham", "graham_sigma")}
     return {
         "format": MODEL_FORMAT,
         "arch": arch,
-        "head": HEADS[0],
-        "decoding": DECODINGS[0],
+        "head": decoder.head,
+        "decoding": decoder.to_dict(),
         "grade_names": list(GRADE_NAMES),
         "preprocessing": {"size": int(record["size"]), "fov_threshold": int(record["fov_threshold"]),
                           "graham": bool(record["graham"]), "graham_sigma": float(record["graham_sigma"])},
@@ -94,13 +99,21 @@ def load_model(path: str | os.PathLike[str], device: torch.device) -> tuple[nn.M
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise ValueError(f"{path} is not a retinopathy model: keys {missing} are missing")
-    if checkpoint["head"] not in HEADS or checkpoint["decoding"] not in DECODINGS:
-        raise ValueError(f"{path}: head {checkpoint['head']!r} with decoding {checkpoint['decoding']!r} is not supported "
-                         f"(supported: {list(HEADS)} with {list(DECODINGS)})")
-    model = build_model(checkpoint["arch"], num_classes=len(checkpoint["grade_names"]))
+    try:
+        decoder = Decoder.from_dict(checkpoint["decoding"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: its decoding {checkpoint['decoding']!r} is not usable: {exc}") from exc
+    if decoder.head != checkpoint["head"]:
+        raise ValueError(f"{path}: head {checkpoint['head']!r} disagrees with its decoding's head {decoder.head!r}")
+    model = build_model(checkpoint["arch"], num_classes=head_outputs(decoder.head))
     model.load_state_dict(checkpoint["state_dict"], strict=True)
     model.to(device).eval()
     return model, {key: value for key, value in checkpoint.items() if key != "state_dict"}
+
+
+def model_decoder(meta: dict[str, Any]) -> Decoder:
+    """The decoder a loaded model carries."""
+    return Decoder.from_dict(meta["decoding"])
 
 
 def crop_settings(meta: dict[str, Any]) -> CropSettings:
@@ -134,21 +147,47 @@ def memory_format_for(device: torch.device) -> torch.memory_format:
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: DataLoader, device: torch.device, *, precision: str = "fp32", desc: str = "eval"
+    model: nn.Module, loader: DataLoader, device: torch.device, *, precision: str = "fp32", desc: str = "eval",
+    head: str = "classification", tta: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities (N, classes), computed in fp32 from the logits, and the loader's labels, in loader order."""
+    """The head's outputs for every image (see :func:`outputs`) and the loader's labels, in loader order."""
     model.eval()
-    probs, labels = [], []
+    raw, labels = [], []
     for images, batch_labels in tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True):
-        probs.append(probabilities(model, images, device, precision=precision))
+        raw.append(outputs(model, images, device, precision=precision, head=head, tta=tta))
         labels.append(torch.as_tensor(batch_labels))
-    return torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    return torch.cat(raw).numpy(), torch.cat(labels).numpy()
+
+
+def tta_views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The batch (N, 3, H, W) as the network sees it under ``tta``: itself, or itself and its three flips."""
+    if tta not in TTA:
+        raise ValueError(f"tta {tta!r}; choose one of {list(TTA)}")
+    if images.ndim != 4:
+        raise ValueError(f"expected a batch of shape (N, 3, H, W), got {tuple(images.shape)}")
+    if tta == "none":
+        return [images]
+    return [images, images.flip(3), images.flip(2), images.flip(2, 3)]
+
+
+@torch.no_grad()
+def outputs(
+    model: nn.Module, images: torch.Tensor, device: torch.device, *, precision: str = "fp32",
+    head: str = "classification", tta: str = "none",
+) -> torch.Tensor:
+    """One batch's outputs on the CPU, in fp32: softmax probabilities (N, 5) for a classification head, the
+    grade (N, 1) for a regression head; with ``tta="flips"`` the mean over the image and its flips."""
+    total = None
+    for view in tta_views(images, tta):
+        view = view.to(device, non_blocking=True, memory_format=memory_format_for(device))
+        with autocast(device, precision):
+            logits = model(view)
+        out = torch.softmax(logits.float(), dim=1) if head == "classification" else logits.float()
+        total = out if total is None else total + out
+    return (total / len(tta_views(images, tta))).cpu()
 
 
 @torch.no_grad()
 def probabilities(model: nn.Module, images: torch.Tensor, device: torch.device, *, precision: str = "fp32") -> torch.Tensor:
-    """Softmax probabilities (N, classes) of one batch, on the CPU, computed in fp32 from the logits."""
-    images = images.to(device, non_blocking=True, memory_format=memory_format_for(device))
-    with autocast(device, precision):
-        logits = model(images)
-    return torch.softmax(logits.float(), dim=1).cpu()
+    """Softmax probabilities (N, classes) of one batch of a classification model, on the CPU, in fp32."""
+    return outputs(model, images, device, precision=precision)

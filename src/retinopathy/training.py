@@ -16,12 +16,14 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from retinopathy.data import CLASS_WEIGHTING, class_weight_values
+from retinopathy.decoding import DEFAULT_CUTPOINTS, Decoder, check_head
 from retinopathy.distributed import SINGLE, Distributed, broadcast, gather
 from retinopathy.inference import memory_format_for, predict
 from retinopathy.metrics import accuracy, quadratic_weighted_kappa
@@ -52,6 +54,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model: faster steps on CUDA after a compile warm-up
     precision: str = "fp32"  # auto | fp32 | bf16 | fp16; train_variant resolves auto for its device (retinopathy.precision)
     sync_bn: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
+    head: str = "classification"  # classification (5 logits, cross-entropy) | regression (1 output, smooth L1)
+    decode: str = "argmax"  # argmax | expected (classification): how outputs become grades (retinopathy.decoding)
 
 
 @dataclass
@@ -123,6 +127,38 @@ def make_schedule(name: str, optimizer: torch.optim.Optimizer, *, total_steps: i
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     raise ValueError(f"lr_schedule {name!r}; choose one of {SCHEDULES}")
 
+
+
+class WeightedSmoothL1(nn.Module):
+    """Smooth L1 between a one-output head and the grade, each image weighted by its grade's class weight.
+
+    The weighted mean (sum of w * loss over sum of w), as ``nn.CrossEntropyLoss(weight=...)`` averages,
+    so the class-weighting schemes mean the same thing for both heads.
+    """
+
+    def __init__(self, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = F.smooth_l1_loss(outputs[:, 0].float(), labels.float(), reduction="none")
+        if self.weight is None:
+            return loss.mean()
+        w = self.weight.to(loss.device)[labels.long()]
+        return (w * loss).sum() / w.sum()
+
+
+def make_criterion(head: str, weights: torch.Tensor | None) -> nn.Module:
+    """The training loss of a head: weighted cross-entropy on logits, or weighted smooth L1 on the grade."""
+    check_head(head)
+    return nn.CrossEntropyLoss(weight=weights) if head == "classification" else WeightedSmoothL1(weights)
+
+
+def output_grades(outputs: torch.Tensor) -> torch.Tensor:
+    """Grades from raw outputs during training: argmax of logits, or the regression output cut at 0.5, 1.5, ..."""
+    if outputs.shape[1] > 1:
+        return outputs.argmax(1)
+    return torch.bucketize(outputs[:, 0].float(), torch.tensor(DEFAULT_CUTPOINTS, device=outputs.device), right=True)
 
 
 def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | None:
@@ -211,7 +247,7 @@ def train_one_epoch(
             optimizer.step()
         schedule.step()
         total_loss += loss.item() * labels.numel()
-        correct += (logits.argmax(1) == labels).sum().item()
+        correct += (output_grades(logits.detach()) == labels).sum().item()
         seen += labels.numel()
         bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{correct / seen:.3f}")
     if world.enabled:
@@ -223,12 +259,19 @@ def train_one_epoch(
 
 
 def evaluate_split(
-    model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module, *, desc: str, precision: str = "fp32"
+    model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module, *, desc: str, precision: str = "fp32",
+    head: str = "classification",
 ) -> EpochStats:
-    """Loss, accuracy and quadratic weighted kappa of the model on one split."""
-    probs, labels = predict(model, loader, device, precision=precision, desc=desc)
-    loss = criterion(torch.log(torch.from_numpy(probs).clamp_min(1e-12)), torch.from_numpy(labels).long()).item()
-    preds = probs.argmax(1)
+    """Loss, accuracy and quadratic weighted kappa of the model on one split.
+
+    Grades here use the untuned decoding (argmax, or cut-points 0.5, 1.5, ... for regression): cut-points
+    are tuned once, on the chosen epoch, after training (:mod:`retinopathy.decoding`).
+    """
+    raw, labels = predict(model, loader, device, precision=precision, desc=desc, head=head)
+    outputs, targets = torch.from_numpy(raw), torch.from_numpy(labels).long()
+    # Classification outputs are probabilities: the loss is the NLL of their log, i.e. the cross-entropy.
+    loss = (criterion(torch.log(outputs.clamp_min(1e-12)), targets) if head == "classification" else criterion(outputs, targets)).item()
+    preds = Decoder(head=head).grades(raw)
     return EpochStats(loss=loss, acc=accuracy(labels, preds), kappa=quadratic_weighted_kappa(labels, preds))
 
 
@@ -262,10 +305,11 @@ def fit(
     optimizer = make_optimizer(config.optimizer, raw, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     schedule = make_schedule(config.lr_schedule, optimizer, total_steps=config.epochs * len(train_loader))
     scaler = make_scaler(device, config.precision)
-    criterion = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    criterion = make_criterion(config.head, None if weights is None else weights.to(device))
     # Validation and test losses carry the same class weights as the training loss, so the three
     # curves measure one quantity (training's is on augmented images, in training mode).
-    eval_criterion = nn.NLLLoss(weight=None if weights is None else weights.to("cpu"))
+    cpu_weights = None if weights is None else weights.to("cpu")
+    eval_criterion = nn.NLLLoss(weight=cpu_weights) if config.head == "classification" else WeightedSmoothL1(cpu_weights)
 
     best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(raw.state_dict())
     history: list[dict[str, float]] = []
@@ -293,10 +337,10 @@ def fit(
         tr = train_one_epoch(net, train_loader, optimizer, schedule, criterion, device, scaler=scaler, desc=f"train {epoch}", world=world, precision=config.precision)
         row: dict[str, float] = {}
         if world.is_main:
-            va = evaluate_split(eval_net, val_loader, device, eval_criterion, desc="val", precision=config.precision)
+            va = evaluate_split(eval_net, val_loader, device, eval_criterion, desc="val", precision=config.precision, head=config.head)
             row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc, "val_loss": va.loss, "val_acc": va.acc, "val_kappa": va.kappa}
             if test_loader is not None:
-                te = evaluate_split(eval_net, test_loader, device, eval_criterion, desc="test", precision=config.precision)
+                te = evaluate_split(eval_net, test_loader, device, eval_criterion, desc="test", precision=config.precision, head=config.head)
                 row.update(test_loss=te.loss, test_acc=te.acc, test_kappa=te.kappa)
             history.append(row)
             score = {"kappa": va.kappa, "accuracy": va.acc, "loss": -va.loss}[config.select_on]

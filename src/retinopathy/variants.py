@@ -11,10 +11,10 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from retinopathy import GRADES
 from retinopathy.data import build_transform, class_weight_values, make_loader, processed_dataset, read_stats
 from retinopathy.distributed import broadcast, distributed_sampler, init_distributed, shutdown_distributed
-from retinopathy.inference import model_metadata
+from retinopathy.decoding import Decoder, head_outputs
+from retinopathy.inference import model_metadata, predict
 from retinopathy.models import build_model, load_backbone
 from retinopathy.precision import hardware, resolve_precision
 from retinopathy.resume import ResumeCheckpoint, fingerprint
@@ -74,7 +74,8 @@ def train_variant(
         if config.batch_size % world.world_size:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by nproc {world.world_size}: each process takes an equal share of every batch")
         crop = crop_record(data_dir)  # before training, so an old processed set stops the run at once
-        model = build_model(arch, num_classes=len(GRADES), zero_init_residual=zero_init_residual)
+        decoder = Decoder(head=config.head, decode=config.decode)  # checks both before any work
+        model = build_model(arch, num_classes=head_outputs(config.head), zero_init_residual=zero_init_residual)
         init_files: list[Path] = []
         if start_path is not None:
             start = read_start_point(start_path, arch=arch)
@@ -136,6 +137,10 @@ def train_variant(
         if world.is_main:
             history = pd.DataFrame(result.history)
             best = history.loc[history["epoch"] == result.best_epoch].iloc[0]
+            # Cut-points (and a regression head's temperature) are tuned on the chosen epoch's validation outputs.
+            model.load_state_dict(result.best_state)
+            val_raw, val_labels = predict(model.to(dev), loaders["val"], dev, precision=precision, desc="val (decoding)", head=config.head)
+            decoder = decoder.fitted(val_labels, val_raw, seed=config.seed)
             summary = {
                 "best_epoch": result.best_epoch,
                 "val_acc": round(float(best["val_acc"]), 4),
@@ -152,10 +157,11 @@ def train_variant(
                 "torch_version": torch.__version__,
                 "class_weighting": config.class_weighting,
                 "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
+                "decoding": decoder.to_dict(),
                 **({"processes": world.world_size} if world.enabled else {}),
             }
             # Self-describing: the metadata lets `retinopathy predict` grade a raw photograph with this file alone.
-            meta = model_metadata(arch, mean=mean, std=std, crop=crop, precision=precision, data_fingerprint=data_fingerprint(data_dir))
+            meta = model_metadata(arch, mean=mean, std=std, crop=crop, precision=precision, data_fingerprint=data_fingerprint(data_dir), decoder=decoder)
             save_checkpoint(
                 model_out,
                 {**meta, "arch": arch, "pretrained": pretrained, "state_dict": result.best_state, "mean": mean, "std": std, "best_epoch": result.best_epoch,

@@ -1,0 +1,237 @@
+"""From a network's outputs to grades: heads, decodings, cut-points tuned on validation, the two-eye blend.
+
+A network ends in one of two heads:
+
+- ``classification``: 5 logits, turned into probabilities p0..p4 by softmax. Decoded by ``argmax``
+  (the study's rule) or ``expected``: the expected grade ``sum(k * p_k)`` cut into grades at four
+  cut-points.
+- ``regression``: one number, the grade on a continuous scale (trained with a smooth L1 loss, as
+  the APTOS 2019 winner did), always cut into grades at four cut-points. Its p0..p4 come from a
+  cumulative-link model on that number, ``P(grade <= k) = sigmoid((c_k - score) / temperature)``,
+  whose cut-points ``c_k`` are the decoding's and whose temperature is fitted on validation by
+  maximum likelihood: the screening metrics and confusion matrices work unchanged, and P(grade >= 2)
+  ranks images exactly as the score does.
+
+Cut-points start at 0.5, 1.5, 2.5, 3.5 and are tuned on the validation set to maximise quadratic
+weighted kappa with ``scipy.optimize.differential_evolution`` (kappa is piecewise constant in the
+cut-points, so a gradient or simplex search stalls on its plateaus). They are parametrised as a first
+cut plus non-negative gaps, so the search only visits increasing cut-points; cut-points given from
+anywhere else (a checkpoint, a user) are checked and refused when not increasing, never reordered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import optimize
+from scipy.special import expit
+from sklearn.linear_model import LinearRegression
+
+from retinopathy import NUM_CLASSES
+from retinopathy.metrics import quadratic_weighted_kappa
+
+HEADS = ("classification", "regression")
+DECODINGS = ("argmax", "expected")
+DEFAULT_CUTPOINTS = (0.5, 1.5, 2.5, 3.5)
+_GRADES = np.arange(NUM_CLASSES, dtype=float)
+
+
+def head_outputs(head: str) -> int:
+    """Width of the network's last layer for ``head``."""
+    check_head(head)
+    return NUM_CLASSES if head == "classification" else 1
+
+
+def check_head(head: str) -> str:
+    if head not in HEADS:
+        raise ValueError(f"head {head!r}; choose one of {list(HEADS)}")
+    return head
+
+
+def check_cutpoints(cutpoints: Sequence[float], *, where: str = "cut-points") -> np.ndarray:
+    """The cut-points as an array, or ValueError when there are not 4 finite, strictly increasing values."""
+    cuts = np.asarray(cutpoints, dtype=float)
+    if cuts.shape != (NUM_CLASSES - 1,) or not np.all(np.isfinite(cuts)):
+        raise ValueError(f"{where}: expected {NUM_CLASSES - 1} finite cut-points, got {list(np.atleast_1d(cuts))}")
+    if not np.all(np.diff(cuts) > 0):
+        raise ValueError(f"{where}: cut-points {cuts.round(4).tolist()} are not strictly increasing; "
+                         f"they are refused rather than reordered")
+    return cuts
+
+
+def cut(score: np.ndarray, cutpoints: Sequence[float]) -> np.ndarray:
+    """Grades 0..4 from a continuous score: grade k where ``c_k <= score < c_{k+1}``."""
+    cuts = check_cutpoints(cutpoints)
+    return np.searchsorted(cuts, np.asarray(score, dtype=float), side="right").astype(np.int64)
+
+
+def tune_cutpoints(y_true: np.ndarray, score: np.ndarray, *, seed: int = 0) -> np.ndarray:
+    """Cut-points maximising the QWK of ``cut(score)`` against ``y_true`` (validation data only).
+
+    The search runs over ``first cut, gap_1..gap_3`` (gaps >= 0.01), so every candidate is increasing;
+    ties go to the default cut-points when they score as well (the search starts from them).
+    """
+    y_true, score = np.asarray(y_true), np.asarray(score, dtype=float)
+    if len(y_true) != len(score) or len(y_true) < 2:
+        raise ValueError(f"need matching labels and scores (>= 2), got {len(y_true)} and {len(score)}")
+    low, high = float(min(score.min(), 0.0)) - 0.5, float(max(score.max(), NUM_CLASSES - 1.0)) + 0.5
+    span = high - low
+
+    def to_cuts(x: np.ndarray) -> np.ndarray:
+        return x[0] + np.concatenate([[0.0], np.cumsum(x[1:])])
+
+    def loss(x: np.ndarray) -> float:
+        return -quadratic_weighted_kappa(y_true, np.searchsorted(to_cuts(x), score, side="right"))
+
+    start = np.array([DEFAULT_CUTPOINTS[0], *np.diff(DEFAULT_CUTPOINTS)])
+    bounds = [(low, high)] + [(0.01, span)] * (NUM_CLASSES - 2)
+    result = optimize.differential_evolution(loss, bounds, x0=start, seed=seed, tol=1e-8, maxiter=200,
+                                             polish=False, init="sobol")
+    best = result.x if result.fun < loss(start) else start
+    return check_cutpoints(to_cuts(best), where="tuned cut-points")
+
+
+def fit_temperature(y_true: np.ndarray, score: np.ndarray, cutpoints: Sequence[float]) -> float:
+    """Maximum-likelihood temperature of the cumulative-link model on validation data."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+
+    def nll(log_t: float) -> float:
+        probs = cumulative_link_probabilities(score, cutpoints, float(np.exp(log_t)))
+        return -float(np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
+
+    result = optimize.minimize_scalar(nll, bounds=(np.log(1e-3), np.log(1e2)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def cumulative_link_probabilities(score: np.ndarray, cutpoints: Sequence[float], temperature: float) -> np.ndarray:
+    """p0..p4 (N, 5) with ``P(grade <= k) = sigmoid((c_k - score) / temperature)``."""
+    cuts = check_cutpoints(cutpoints)
+    score = np.asarray(score, dtype=float).reshape(-1, 1)
+    below = expit((cuts[None, :] - score) / temperature)  # (N, 4): P(grade <= k), increasing in k
+    cumulative = np.concatenate([below, np.ones((len(score), 1))], axis=1)
+    return np.diff(np.concatenate([np.zeros((len(score), 1)), cumulative], axis=1), axis=1)
+
+
+@dataclass(frozen=True)
+class Decoder:
+    """How a model's raw outputs become a score, grades and probabilities; saved in its checkpoint."""
+
+    head: str = "classification"
+    decode: str = "argmax"
+    cutpoints: tuple[float, ...] = DEFAULT_CUTPOINTS
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_head(self.head)
+        if self.decode not in DECODINGS:
+            raise ValueError(f"decode {self.decode!r}; choose one of {list(DECODINGS)}")
+        check_cutpoints(self.cutpoints)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature {self.temperature} must be positive")
+
+    @property
+    def uses_cutpoints(self) -> bool:
+        return self.head == "regression" or self.decode == "expected"
+
+    def check_outputs(self, raw: np.ndarray) -> np.ndarray:
+        raw = np.asarray(raw, dtype=float)
+        width = head_outputs(self.head)
+        if raw.ndim != 2 or raw.shape[1] != width:
+            raise ValueError(f"outputs of shape {raw.shape} do not fit a {self.head} head ({width} per image)")
+        return raw
+
+    def score(self, raw: np.ndarray) -> np.ndarray:
+        """A continuous grade: the regression output, or the expected grade under the probabilities."""
+        raw = self.check_outputs(raw)
+        return raw[:, 0] if self.head == "regression" else raw @ _GRADES
+
+    def grades(self, raw: np.ndarray) -> np.ndarray:
+        """Grades 0..4."""
+        raw = self.check_outputs(raw)
+        if not self.uses_cutpoints:
+            return raw.argmax(axis=1).astype(np.int64)
+        return cut(self.score(raw), self.cutpoints)
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        """p0..p4 (N, 5): the softmax for classification, the cumulative-link model for regression."""
+        raw = self.check_outputs(raw)
+        if self.head == "classification":
+            return raw
+        return cumulative_link_probabilities(raw[:, 0], self.cutpoints, self.temperature)
+
+    def fitted(self, y_val: np.ndarray, raw_val: np.ndarray, *, seed: int = 0) -> "Decoder":
+        """This decoder with cut-points (and temperature) tuned on validation outputs."""
+        if not self.uses_cutpoints:
+            return self
+        score = self.score(raw_val)
+        cuts = tune_cutpoints(y_val, score, seed=seed)
+        temperature = fit_temperature(y_val, score, cuts) if self.head == "regression" else 1.0
+        return Decoder(self.head, self.decode, tuple(float(c) for c in cuts), temperature)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"head": self.head, "decode": self.decode, "cutpoints": [float(c) for c in self.cutpoints],
+                "temperature": float(self.temperature)}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> "Decoder":
+        return cls(record["head"], record["decode"], tuple(record["cutpoints"]), float(record["temperature"]))
+
+
+@dataclass
+class PatientBlend:
+    """Each eye graded from its own score and its partner's (Kaggle 2015 2nd place, team o_O).
+
+    Two least-squares fits of the grade on validation data (scikit-learn): ``[own, other]`` for eyes
+    whose partner was photographed, ``[own]`` for eyes alone; the blended score is cut into grades at
+    cut-points tuned on the same validation eyes. Fitted on validation only, applied unchanged to test.
+    """
+
+    both: LinearRegression = field(default_factory=LinearRegression)
+    alone: LinearRegression = field(default_factory=LinearRegression)
+    cutpoints: tuple[float, ...] = DEFAULT_CUTPOINTS
+
+    @staticmethod
+    def partner_scores(score: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
+        """The other eye's score for each image (NaN where the patient has no other eye in the set)."""
+        score = np.asarray(score, dtype=float)
+        key = {(p, e): s for p, e, s in zip(patients, eyes, score)}
+        counts: dict[tuple[str, str], int] = {}
+        for p, e in zip(patients, eyes):
+            counts[(p, e)] = counts.get((p, e), 0) + 1
+        repeated = [f"{p}_{e}" for (p, e), n in counts.items() if n > 1]
+        if repeated:
+            raise ValueError(f"images of the same eye appear more than once: {repeated[:5]}")
+        other = {"left": "right", "right": "left"}
+        return np.array([key.get((p, other[e]), np.nan) for p, e in zip(patients, eyes)])
+
+    def fit(self, y: np.ndarray, score: np.ndarray, patients: Sequence[str], eyes: Sequence[str], *, seed: int = 0) -> "PatientBlend":
+        y, score = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
+        partner = self.partner_scores(score, patients, eyes)
+        paired = np.isfinite(partner)
+        if paired.sum() < 2:
+            raise ValueError(f"the blend needs validation patients with both eyes; found {int(paired.sum())} paired eyes")
+        self.both.fit(np.column_stack([score[paired], partner[paired]]), y[paired])
+        self.alone.fit(score[:, None], y)
+        self.cutpoints = tuple(float(c) for c in tune_cutpoints(y.astype(np.int64), self.blended(score, patients, eyes), seed=seed))
+        return self
+
+    def blended(self, score: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
+        score = np.asarray(score, dtype=float)
+        partner = self.partner_scores(score, patients, eyes)
+        paired = np.isfinite(partner)
+        out = self.alone.predict(score[:, None])
+        if paired.any():
+            out[paired] = self.both.predict(np.column_stack([score[paired], partner[paired]]))
+        return out
+
+    def grades(self, score: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
+        return cut(self.blended(score, patients, eyes), self.cutpoints)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "both_eyes": {"own": float(self.both.coef_[0]), "other": float(self.both.coef_[1]), "intercept": float(self.both.intercept_)},
+            "one_eye": {"own": float(self.alone.coef_[0]), "intercept": float(self.alone.intercept_)},
+            "cutpoints": [float(c) for c in self.cutpoints],
+        }

@@ -1,0 +1,180 @@
+"""Heads and decodings: cut-points tuned on validation only, the two-eye blend, TTA, head checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retinopathy.decoding import (
+    DEFAULT_CUTPOINTS,
+    Decoder,
+    PatientBlend,
+    check_cutpoints,
+    cumulative_link_probabilities,
+    cut,
+    fit_temperature,
+    tune_cutpoints,
+)
+from retinopathy.evaluation import Split, components, evaluate_variant, grade_with
+from retinopathy.inference import load_model, model_metadata, outputs, tta_views
+from retinopathy.metrics import quadratic_weighted_kappa
+from retinopathy.models import build_model
+from retinopathy.preprocessing import CropSettings
+
+
+def _shifted_scores(n: int, seed: int, shift: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
+    """Grades and a score that tracks them but sits ``shift`` too high: default cut-points misgrade it."""
+    rng = np.random.default_rng(seed)
+    y = rng.choice(5, size=n, p=[0.5, 0.15, 0.2, 0.1, 0.05])
+    return y, y + shift + rng.normal(0, 0.15, n)
+
+
+def test_cut_assigns_grades_between_cutpoints() -> None:
+    np.testing.assert_array_equal(cut(np.array([-1, 0.49, 0.5, 1.7, 3.6, 9]), DEFAULT_CUTPOINTS), [0, 0, 1, 2, 4, 4])
+
+
+def test_tuned_cutpoints_increase_and_beat_the_defaults_on_shifted_scores() -> None:
+    y, score = _shifted_scores(300, 0)
+    tuned = tune_cutpoints(y, score)
+    assert np.all(np.diff(tuned) > 0)
+    default = quadratic_weighted_kappa(y, cut(score, DEFAULT_CUTPOINTS))
+    better = quadratic_weighted_kappa(y, cut(score, tuned))
+    assert better > default + 0.05, (default, better)
+    # The shift is found: each cut-point moves up by about 0.7.
+    np.testing.assert_allclose(tuned, np.array(DEFAULT_CUTPOINTS) + 0.7, atol=0.35)
+
+
+def test_cutpoints_that_do_not_increase_are_refused_not_reordered() -> None:
+    with pytest.raises(ValueError, match="not strictly increasing"):
+        check_cutpoints([0.5, 2.5, 1.5, 3.5])
+    with pytest.raises(ValueError, match="not strictly increasing"):
+        Decoder(head="regression", cutpoints=(0.5, 0.5, 2.5, 3.5))
+    with pytest.raises(ValueError, match="expected 4 finite"):
+        cut(np.zeros(3), [0.5, 1.5, 2.5])
+
+
+def test_cumulative_link_probabilities_are_distributions_ordered_by_score() -> None:
+    score = np.linspace(-1, 5, 50)
+    probs = cumulative_link_probabilities(score, DEFAULT_CUTPOINTS, 0.4)
+    assert probs.shape == (50, 5) and np.all(probs >= 0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+    assert np.all(np.diff(probs[:, 2:].sum(axis=1)) > 0)  # P(referable) rises with the score
+
+
+def test_temperature_is_recovered_by_maximum_likelihood() -> None:
+    rng = np.random.default_rng(1)
+    score = rng.uniform(-0.5, 4.5, 4000)
+    probs = cumulative_link_probabilities(score, DEFAULT_CUTPOINTS, 0.3)
+    y = np.array([rng.choice(5, p=p) for p in probs])
+    assert fit_temperature(y, score, DEFAULT_CUTPOINTS) == pytest.approx(0.3, rel=0.15)
+
+
+def _split(y: np.ndarray, raw: np.ndarray, patients: list[str], eyes: list[str]) -> Split:
+    return Split([f"{p}_{e}" for p, e in zip(patients, eyes)], raw, y)
+
+
+def _paired(n_patients: int, seed: int) -> Split:
+    """Regression outputs of patients whose two eyes share a grade most of the time."""
+    rng = np.random.default_rng(seed)
+    grade = rng.choice(5, size=n_patients, p=[0.5, 0.15, 0.2, 0.1, 0.05])
+    other = np.where(rng.random(n_patients) < 0.85, grade, np.clip(grade + rng.choice([-1, 1], n_patients), 0, 4))
+    y = np.column_stack([grade, other]).ravel()
+    raw = (y + rng.normal(0, 0.7, len(y)))[:, None]
+    patients = [str(p) for p in np.repeat(np.arange(n_patients), 2)]
+    return _split(y, raw, patients, ["left", "right"] * n_patients)
+
+
+def test_thresholds_are_fitted_on_validation_only() -> None:
+    val, test = _paired(80, 0), _paired(60, 1)
+    shuffled = Split(test.names, test.raw, np.random.default_rng(2).permutation(test.labels))
+    decoder = Decoder(head="regression")
+    for blend in (False, True):
+        preds, fitted = grade_with(decoder, val, test, blend=blend)
+        preds_shuffled, fitted_shuffled = grade_with(decoder, val, shuffled, blend=blend)
+        assert fitted == fitted_shuffled
+        np.testing.assert_array_equal(preds, preds_shuffled)
+
+
+def test_blend_uses_the_other_eye_and_falls_back_to_one_eye() -> None:
+    val = _paired(200, 3)
+    blend = PatientBlend().fit(val.labels, val.raw[:, 0], val.patients, val.eyes)
+    record = blend.to_dict()
+    assert record["both_eyes"]["other"] > 0.1  # correlated eyes: the partner's score carries weight
+    # Patient "b" has one eye: it is graded by the one-eye model, patient "a" by the two-eye one.
+    score = np.array([0.2, 2.9, 2.9])
+    patients, eyes = ["a", "a", "b"], ["left", "right", "right"]
+    partner = PatientBlend.partner_scores(score, patients, eyes)
+    assert np.isnan(partner[2]) and partner[0] == 2.9 and partner[1] == 0.2
+    blended = blend.blended(score, patients, eyes)
+    assert np.all(np.isfinite(blended))
+    assert blended[2] == pytest.approx(blend.alone.predict(np.array([[2.9]]))[0])
+    assert blended[1] < blended[2]  # a healthy partner pulls the grade down
+    with pytest.raises(ValueError, match="more than once"):
+        PatientBlend.partner_scores(score, ["a", "a", "a"], ["left", "right", "right"])
+
+
+def test_blend_helps_on_correlated_eyes() -> None:
+    val, test = _paired(300, 4), _paired(300, 5)
+    alone, _ = grade_with(Decoder(head="regression"), val, test, blend=False)
+    blended, _ = grade_with(Decoder(head="regression"), val, test, blend=True)
+    assert quadratic_weighted_kappa(test.labels, blended) > quadratic_weighted_kappa(test.labels, alone)
+
+
+def test_components_cover_every_setup_of_a_head() -> None:
+    val, test = _paired(40, 6), _paired(30, 7)
+    rows = components("regression", {"none": val, "flips": val}, {"none": test, "flips": test})
+    assert [(r["tta"], r["patient_blend"]) for r in rows] == [("none", False), ("none", True), ("flips", False), ("flips", True)]
+    assert all(set(r["val_2fold"]) == {"accuracy", "kappa", "macro_f1"} for r in rows)
+    assert all(sum(r["test_predicted_grades"]) == 60 for r in rows)
+
+
+def test_tta_views_keep_the_batch_shape_and_flip_each_axis() -> None:
+    images = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    views = tta_views(images, "flips")
+    assert len(views) == 4 and all(v.shape == images.shape for v in views)
+    assert torch.equal(views[1][..., 0], images[..., -1]) and torch.equal(views[2][..., 0, :], images[..., -1, :])
+    assert len(tta_views(images, "none")) == 1
+    with pytest.raises(ValueError, match="N, 3, H, W"):
+        tta_views(images[0], "flips")
+    with pytest.raises(ValueError, match="tta 'rotate'"):
+        tta_views(images, "rotate")
+
+
+def test_tta_averages_the_head_outputs() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=1).eval()
+    images = torch.randn(3, 3, 32, 32)
+    flipped = outputs(model, images, torch.device("cpu"), head="regression", tta="flips")
+    assert flipped.shape == (3, 1)
+    with torch.no_grad():
+        by_hand = sum(model(v) for v in tta_views(images, "flips")) / 4
+    torch.testing.assert_close(flipped, by_hand)
+    probs = outputs(build_model("resnet18", num_classes=5).eval(), images, torch.device("cpu"), tta="flips")
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+
+
+def _save_model(path: Path, decoder: Decoder) -> Path:
+    model = build_model("resnet18", num_classes=5 if decoder.head == "classification" else 1)
+    meta = model_metadata("resnet18", mean=[0.5] * 3, std=[0.25] * 3, crop=CropSettings(size=32), decoder=decoder)
+    torch.save({**meta, "state_dict": model.state_dict()}, path)
+    return path
+
+
+def test_a_model_with_bad_cutpoints_is_refused_on_load(tmp_path: Path) -> None:
+    path = _save_model(tmp_path / "m.pt", Decoder(head="regression"))
+    checkpoint = torch.load(path, weights_only=True)
+    checkpoint["decoding"]["cutpoints"] = [0.5, 2.5, 1.5, 3.5]
+    torch.save(checkpoint, path)
+    with pytest.raises(ValueError, match=r"m.pt: its decoding .* not strictly increasing"):
+        load_model(path, torch.device("cpu"))
+
+
+def test_evaluating_with_another_head_names_both(tmp_path: Path, processed_dir: Path) -> None:
+    path = _save_model(tmp_path / "m.pt", Decoder(head="classification"))
+    with pytest.raises(ValueError, match="trained with head 'classification' but params.yaml asks for head 'regression'"):
+        evaluate_variant(model_path=path, data_dir=processed_dir, metrics_out=tmp_path / "e.json",
+                         predictions_out=tmp_path / "p.csv", device="cpu", head="regression")
+    assert not (tmp_path / "e.json").exists()
