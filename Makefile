@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 # Stage commands in dvc.yaml call `python` and `dvc`: put the venv first on PATH.
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test test-slow bench label-efficiency clean
 
 setup: $(STAMP)
 
@@ -21,11 +21,21 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
+# The end-to-end label-efficiency study test (about 5 minutes on 2 cores), left out of `make test`.
+test-slow: setup
+	$(PY) -m pytest -m slow
+
 # Training throughput in fp32 and bf16 autocast against torchvision, data loading against the raw
 # JPEGs, preprocessing throughput, multiply-adds; writes metrics/bench.{json,md}. A few minutes on
 # 2 cores, longer where the CPU has no native bf16 (emulated bf16 is slow).
 bench: setup
 	$(PY) benchmarks/bench.py
 
+# The label-efficiency study (docs/label-efficiency.md): ResNet18 with and without self-supervised pretraining at each
+# share of labelled training patients in studies/label_efficiency/params.yaml. A pipeline of its own, so `make run`
+# never starts it; it reuses the main pipeline's data set (running synthesize when that is stale), not its models.
+label-efficiency: setup
+	dvc repro studies/label_efficiency/dvc.yaml
+
 clean:
-	rm -rf $(VENV) data models checkpoints .dvc/tmp .dvc/cache
+	rm -rf $(VENV) data models checkpoints .dvc/tmp .dvc/cache studies/label_efficiency/data studies/label_efficiency/models studies/label_efficiency/checkpoints

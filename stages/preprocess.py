@@ -16,10 +16,12 @@ def main() -> None:
     parser.add_argument("--out", default="data/processed")
     parser.add_argument("--balance", default="metrics/label_balance.json")
     parser.add_argument("--report", default="metrics/preprocess_report.json")
+    parser.add_argument("--label-fraction", type=float, default=None,
+                        help="overrides data.label_fraction (the label-efficiency study sets it per point)")
     args = parser.parse_args()
 
     params = load_params(args.params)
-    check_known(params, "data", ["source", "root", "val_fraction", "test_fraction", "on_split_leak"])
+    check_known(params, "data", ["source", "root", "val_fraction", "test_fraction", "label_fraction", "on_split_leak"])
     check_known(params, "preprocess", ["size", "fov_threshold", "graham", "graham_sigma", "workers", "on_bad_image"])
     source = get(params, "data.source", str, choices=SOURCES)
     root = Path(get(params, "data.root", str))
@@ -43,6 +45,7 @@ def main() -> None:
         on_split_leak=get(params, "data.on_split_leak", str, choices=LEAK_POLICIES),
         unlisted=unlisted_images(source, root, tables),
         report_path=args.report,
+        label_fraction=args.label_fraction if args.label_fraction is not None else get(params, "data.label_fraction", float),
     )
 
 

@@ -31,6 +31,9 @@ Each photograph is preprocessed exactly as the model's training set was (the set
 in the model file). The CSV has one row per graded photograph: image, patient, eye (from names like
 `10_left`; empty otherwise), grade, p0..p4, p_referable (= p2 + p3 + p4, referable DR) and
 patient_grade (the worse eye's grade, filled only when both eyes of the patient were graded).
+The grade follows the model's own decoding (argmax, or cut-points tuned on its validation set; a
+regression head's p0..p4 come from its fitted cumulative-link model); each eye is graded alone
+(the evaluate stage's two-eye blend is not applied here).
 A photograph that cannot be graded (not an image, truncated, empty, no field of view) is named on
 stderr with its reason and gets NO row; the others are still graded.
 
@@ -57,7 +60,9 @@ Grading with the ONNX file alone (no PyTorch, no this package), per photograph:
   4. if preprocessing.graham: 4 * (img - GaussianBlur(img, radius = graham_sigma * size)) + 128,
      black outside 95% of the circle;
   5. divide by 255, subtract `mean`, divide by `std` (per RGB channel), as N x 3 x H x W float32;
-  6. grade = argmax of `probabilities`; P(referable) = p2 + p3 + p4.
+  6. if decoding.decode is argmax: grade = argmax of `probabilities`; if expected: grade = the number of
+     decoding.cutpoints at or below sum(k * p_k); P(referable) = p2 + p3 + p4.
+Classification heads only: a regression-head model is refused (its output is not probabilities).
 The reference implementation of steps 1-4 is retinopathy.preprocessing.crop_photograph.
 
 example:

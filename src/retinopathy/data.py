@@ -9,6 +9,7 @@ first image of each file.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -115,6 +116,57 @@ def split_by_patient(frame: pd.DataFrame, *, fraction: float, seed: int) -> tupl
     mask = np.zeros(len(frame), dtype=bool)
     mask[held] = True
     return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
+
+
+def check_label_fraction(fraction: float) -> float:
+    """``data.label_fraction`` itself, or a ValueError naming the key when it is not in (0, 1]."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise ValueError(
+            f"data.label_fraction must be in (0, 1] (the share of training patients that keep their labels), got {fraction!r}"
+        )
+    return float(fraction)
+
+
+def patient_grades(frame: pd.DataFrame) -> pd.Series:
+    """Each patient's grade, the worse of its eyes' ``level``, indexed by patient id (sorted)."""
+    return frame["level"].groupby(frame["image"].map(patient_of)).max()
+
+
+def keep_labelled_fraction(frame: pd.DataFrame, *, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keep ``round(fraction * patients)`` whole patients of ``frame``, stratified by patient grade; set the rest aside.
+
+    The patients are put in one seeded order that does not depend on ``fraction``: shuffled, then
+    interleaved so that the i-th patient of a grade with n patients sits at (i + 1/2) / n (Webster's
+    rounding). The first patients in that order are kept, so every grade keeps the same share of its
+    patients up to half a patient, and a smaller fraction keeps a subset of what a larger one keeps.
+
+    Args:
+        frame: ``image`` (``<patient>_<left|right>``) and ``level`` per row.
+        fraction: the share of patients to keep, in (0, 1]; 1 keeps ``frame`` as it is.
+        seed: seeds the order; the same seed keeps the same patients.
+
+    Returns:
+        ``(kept, set_aside)``, both in ``frame``'s row order.
+
+    Raises:
+        ValueError: naming ``data.label_fraction`` when it is outside (0, 1] or keeps no patient.
+    """
+    fraction = check_label_fraction(fraction)
+    if fraction == 1.0:
+        return frame, frame.iloc[:0]
+    grades = patient_grades(frame)
+    keep = math.floor(fraction * len(grades) + 0.5)
+    if keep == 0:
+        raise ValueError(
+            f"data.label_fraction {fraction:g} keeps no training patient ({fraction:g} x {len(grades)} patients rounds to 0); "
+            f"use at least {0.5 / max(len(grades), 1):.4g}"
+        )
+    shuffled = grades.iloc[np.random.default_rng(seed).permutation(len(grades))]
+    position = shuffled.groupby(shuffled).cumcount()
+    size = shuffled.map(shuffled.value_counts())
+    order = ((position + 0.5) / size).sort_values(kind="stable")  # ties keep the seeded shuffle's order
+    kept = frame["image"].map(patient_of).isin(set(order.index[:keep]))
+    return frame[kept].reset_index(drop=True), frame[~kept].reset_index(drop=True)
 
 
 CLASS_WEIGHTING = ("none", "inverse", "sqrt_inverse")

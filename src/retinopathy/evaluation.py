@@ -116,13 +116,18 @@ def components(head: str, val: dict[str, Split], test: dict[str, Split], *, seed
                 if blend and decode == "argmax":
                     continue  # the blend works on a continuous score, so it always ends in tuned cut-points
                 decoder = Decoder(head=head, decode=decode)
-                folds = _patient_folds(val[tta], seed)
-                val_preds = np.empty(len(val[tta].labels), dtype=np.int64)
-                for fit_idx, score_idx in (folds, folds[::-1]):
-                    val_preds[score_idx] = grade_with(decoder, val[tta].take(fit_idx), val[tta].take(score_idx), blend=blend)[0]
-                test_preds, _ = grade_with(decoder, val[tta], test[tta], blend=blend)
+                row: dict[str, Any] = {"tta": tta, "decode": "cut-points" if head == "regression" else decode, "patient_blend": blend}
+                try:
+                    folds = _patient_folds(val[tta], seed)
+                    val_preds = np.empty(len(val[tta].labels), dtype=np.int64)
+                    for fit_idx, score_idx in (folds, folds[::-1]):
+                        val_preds[score_idx] = grade_with(decoder, val[tta].take(fit_idx), val[tta].take(score_idx), blend=blend)[0]
+                    test_preds, _ = grade_with(decoder, val[tta], test[tta], blend=blend)
+                except ValueError as exc:  # e.g. a validation half without a patient who has both eyes
+                    rows.append({**row, "error": str(exc)})
+                    continue
                 rows.append({
-                    "tta": tta, "decode": "cut-points" if head == "regression" else decode, "patient_blend": blend,
+                    **row,
                     "val_2fold": _grade_scores(val[tta].labels, val_preds),
                     "test": _grade_scores(test[tta].labels, test_preds),
                     "test_predicted_grades": np.bincount(test_preds, minlength=len(GRADES)).tolist(),

@@ -23,7 +23,8 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from retinopathy.data import label_balance, patient_of, split_by_patient
+from retinopathy import NUM_CLASSES
+from retinopathy.data import keep_labelled_fraction, label_balance, patient_grades, patient_of, split_by_patient
 from retinopathy.fundus import FieldOfView, crop_square, find_fov, local_average_subtraction
 from retinopathy.images import open_rgb
 from retinopathy.utils import atomic_path, write_json
@@ -254,6 +255,50 @@ def resolve_split_leaks(
     return out, report
 
 
+def apply_label_fraction(
+    splits: dict[str, pd.DataFrame], *, fraction: float, seed: int
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Keep ``data.label_fraction`` of the training patients; the rest join the unlabelled pool.
+
+    Applied once validation and test are taken out (and split leaks resolved), so those two splits are
+    the same at every fraction. Whole patients only, stratified by patient grade (the worse eye) and
+    seeded (:func:`retinopathy.data.keep_labelled_fraction`). Set-aside images join ``unlabeled``, which
+    self-supervised pretraining reads, so pretraining sees the same pictures at every fraction; those of a
+    patient with an eye in test (a given split kept with ``on_split_leak: warn``) are dropped instead,
+    since the pool never holds an eye of a test patient. At 1.0 the splits are returned unchanged.
+
+    Returns:
+        The splits, and the report's ``label_fraction`` section (patients and images kept and moved).
+    """
+    train = splits["train"]
+    kept, aside = keep_labelled_fraction(train, fraction=fraction, seed=seed)
+    test_patients = {patient_of(str(image)) for image in splits["test"]["image"]}
+    of_test = aside["image"].map(lambda image: patient_of(str(image)) in test_patients).astype(bool)
+    grades_before, grades_kept = patient_grades(train), patient_grades(kept)
+    report = {
+        "fraction": fraction,
+        "seed": seed,
+        "stratified_by": "patient grade (the worse eye in train)",
+        "train_patients": int(len(grades_before)),
+        "train_images": int(len(train)),
+        "kept_patients": int(len(grades_kept)),
+        "kept_images": int(len(kept)),
+        "patients_moved_to_pool": int(aside.loc[~of_test, "image"].map(patient_of).nunique()),
+        "images_moved_to_pool": int((~of_test).sum()),
+        "train_patients_per_grade": np.bincount(grades_before, minlength=NUM_CLASSES).tolist(),
+        "kept_patients_per_grade": np.bincount(grades_kept, minlength=NUM_CLASSES).tolist(),
+        "set_aside_images_of_test_patients_dropped": aside.loc[of_test, "image"].astype(str).tolist(),
+    }
+    if aside.empty:
+        return splits, report
+    out = dict(splits)
+    out["train"] = kept
+    pooled = aside[~of_test].assign(level=-1)
+    pool = [splits["unlabeled"]] if "unlabeled" in splits else []
+    out["unlabeled"] = pd.concat([*pool, pooled], ignore_index=True)
+    return out, report
+
+
 def _split(frame: pd.DataFrame, *, fraction: float, seed: int, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``split_by_patient``, with an error that says which split could not be made and why."""
     try:
@@ -300,6 +345,7 @@ def build_processed_set(
     on_split_leak: str = "warn",
     unlisted: Sequence[str] = (),
     report_path: str | os.PathLike[str] | None = None,
+    label_fraction: float = 1.0,
 ) -> dict[str, int]:
     """Split by patient, process every image, write tables, stats, label balance and the report.
 
@@ -307,7 +353,8 @@ def build_processed_set(
     (and ``unlabeled`` where there is a pool), plus ``stats.json`` with the training set's channel
     mean and std and the crop settings (``crop``, which every trained model copies). The folder appears only
     when the run succeeds. ``unlisted`` names image files
-    that no table row names; they count as bad input like a missing or corrupt image.
+    that no table row names; they count as bad input like a missing or corrupt image. ``label_fraction``
+    keeps that share of the training patients and moves the rest to the pool (:func:`apply_label_fraction`).
 
     Returns:
         The number of images in each split.
@@ -325,6 +372,7 @@ def build_processed_set(
         if report_path is not None:
             write_json(report_path, {"status": "stopped on split leak", "split_leaks": {"policy": on_split_leak, "patients": split_leaks(splits)}})
         raise
+    splits, fraction_report = apply_label_fraction(splits, fraction=label_fraction, seed=seed)
     workers = workers or default_workers()
     rows = [(split, name, Path(path)) for split, frame in splits.items() for name, path in zip(frame["image"], frame["path"])]
     with atomic_path(out_dir) as tmp:
@@ -347,6 +395,7 @@ def build_processed_set(
             "unlisted_file_count": len(unlisted),
             "unlisted_files": list(unlisted),
             "split_leaks": leaks,
+            "label_fraction": fraction_report,
             "size": settings.size,
             "workers": workers,
             "seconds": round(seconds, 2),

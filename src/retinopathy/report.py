@@ -52,6 +52,33 @@ def _screening_table(evals: dict[str, list[dict]], key: str) -> list[str]:
     return lines
 
 
+def _setup_name(row: dict[str, Any]) -> str:
+    decode = {"argmax": "argmax", "expected": "expected grade, tuned cut-points", "cut-points": "tuned cut-points"}[row["decode"]]
+    return f"{decode}; TTA {row['tta']}; two-eye blend {'yes' if row['patient_blend'] else 'no'}"
+
+
+def _grading_table(evals: dict[str, list[dict]]) -> list[str]:
+    """Each grading setup's QWK per variant (mean over seeds): 2-fold validation / test."""
+    variants = [v for v, runs in evals.items() if all("components" in m for m in runs)]
+    if not variants:
+        return ["(the evaluations hold no grading components)"]
+    setups = [_setup_name(row) for row in evals[variants[0]][0]["components"]]
+    lines = ["| setup | " + " | ".join(describe(v) for v in variants) + " |", "|---|" + "---|" * len(variants)]
+    for i, setup in enumerate(setups):
+        cells = []
+        for variant in variants:
+            rows = [m["components"][i] for m in evals[variant]]
+            if any("error" in r for r in rows):
+                cells.append("not fitted: " + next(r["error"] for r in rows if "error" in r))
+                continue
+            val = sum(r["val_2fold"]["kappa"] for r in rows) / len(rows)
+            test = sum(r["test"]["kappa"] for r in rows) / len(rows)
+            grade4 = sum(r["test_predicted_grades"][4] for r in rows) / len(rows)
+            cells.append(f"{val:.3f} / {test:.3f} ({grade4:g})")
+        lines.append(f"| {setup} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _better(c: dict[str, Any]) -> str:
     """``<better> better than <worse>``, for a difference whose interval excludes 0 (every metric here: higher is better)."""
     first, second = describe(c["first"]), describe(c["second"])
@@ -153,6 +180,17 @@ def write_report(
         "Sight-threatening DR (grade >= 3), the same way:",
         "",
         *_screening_table(evals, "sight_threatening"),
+        "",
+        "## Grading: decoding, TTA and the two-eye blend",
+        "",
+        f"The reported results grade with: {first['grading']['head']} head, "
+        f"{_setup_name({'decode': first['grading']['decoder']['decode'] if first['grading']['head'] == 'classification' else 'cut-points', 'tta': first['grading']['tta'], 'patient_blend': first['grading']['patient_blend']})}"
+        f" (test patients with one eye, graded from it alone: {first['grading']['test_patients_with_one_eye']}). "
+        "Every setup of the same models, QWK as validation (2-fold over validation patients: cut-points and blend fitted on one half, "
+        "scored on the other) / test (fitted on all of validation), and in brackets the test images predicted grade 4 "
+        "(mean over seeds). Choose on the validation figure.",
+        "",
+        *_grading_table(evals),
         "",
         "## Confusion matrices",
         "",

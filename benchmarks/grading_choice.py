@@ -1,0 +1,127 @@
+"""Choose the grading defaults on validation: heads x decodings x TTA x two-eye blend, several seeds.
+
+Trains one architecture/pretraining variant with each head and each seed on the pipeline's processed
+set and start point (run `dvc repro pretrain@resnet18` first), evaluates it with every grading setup
+(retinopathy.evaluation.components) and writes a table of validation figures (2-fold over validation
+patients, so nothing tuned scores itself) with test figures beside them. The choice is made on the
+validation column alone. Writes metrics/grading_choice.{json,md}.
+
+    python benchmarks/grading_choice.py --seeds 42 43
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from retinopathy.evaluation import EvalSettings, evaluate_variant
+from retinopathy.params import load_params
+from retinopathy.precision import cpu_info
+from retinopathy.training import TrainConfig
+from retinopathy.utils import write_json
+from retinopathy.variants import train_variant
+
+HEADS = ("classification", "regression")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--pretrained", default="true", choices=["true", "false"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data/processed")
+    parser.add_argument("--out", default="metrics/grading_choice")
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    keys = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting", "select_on",
+            "num_workers", "precision"]
+    base = TrainConfig(**{key: params[key] for key in keys})
+    rows, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for head in HEADS:
+            for seed in args.seeds:
+                name = f"{args.arch}-{args.pretrained}-{seed}-{head}"
+                config = TrainConfig(**{**base.__dict__, "seed": seed, "head": head, "decode": "argmax"})
+                t0 = time.perf_counter()
+                train_variant(
+                    args.arch, pretrained=args.pretrained == "true", config=config, data_dir=args.data,
+                    start_path=f"models/start/{args.arch}-{args.pretrained}", model_out=f"{tmp}/{name}.pt",
+                    history_out=f"{tmp}/{name}.tsv", summary_out=f"{tmp}/{name}.json", flip=params["flip"],
+                    rotation=params["rotation"], zero_init_residual=params["zero_init_residual"], device=params["device"],
+                )
+                seconds = time.perf_counter() - t0
+                metrics = evaluate_variant(
+                    model_path=f"{tmp}/{name}.pt", data_dir=args.data, metrics_out=f"{tmp}/{name}-eval.json",
+                    predictions_out=f"{tmp}/{name}-pred.csv", settings=EvalSettings(bootstrap_resamples=200),
+                    device=params["device"], head=head,
+                )
+                for row in metrics["components"]:
+                    rows.append({"head": head, "seed": seed, "train_seconds": round(seconds, 1), **row})
+    table = _table(rows)
+    record = {
+        "command": f"python benchmarks/grading_choice.py --arch {args.arch} --pretrained {args.pretrained} --seeds {' '.join(map(str, args.seeds))}",
+        "machine": {"cpu": cpu_info()[0] or platform.processor(), "torch_threads": torch.get_num_threads(),
+                    "torch": torch.__version__},
+        "seconds": round(time.perf_counter() - started, 1),
+        "rows": rows,
+        "summary": table,
+    }
+    write_json(f"{args.out}.json", record)
+    Path(f"{args.out}.md").write_text(_markdown(record, args))
+    print(Path(f"{args.out}.md").read_text())
+
+
+def _setup(row: dict) -> tuple:
+    return (row["head"], row["decode"], row["tta"], row["patient_blend"])
+
+
+def _table(rows: list[dict]) -> list[dict]:
+    """Mean (and range) over seeds of each setup's validation and test figures."""
+    out = []
+    for setup in dict.fromkeys(_setup(r) for r in rows):
+        group = [r for r in rows if _setup(r) == setup]
+        entry = {"head": setup[0], "decode": setup[1], "tta": setup[2], "patient_blend": setup[3], "seeds": len(group)}
+        for split in ("val_2fold", "test"):
+            for metric in ("kappa", "accuracy", "macro_f1"):
+                values = np.array([r[split][metric] for r in group])
+                entry[f"{split}_{metric}"] = round(float(values.mean()), 4)
+                entry[f"{split}_{metric}_range"] = [round(float(values.min()), 4), round(float(values.max()), 4)]
+        entry["test_predicts_grade_4"] = sum(r["test_predicted_grades"][4] > 0 for r in group)
+        out.append(entry)
+    return out
+
+
+def _markdown(record: dict, args: argparse.Namespace) -> str:
+    lines = [
+        f"Grading setups of {args.arch} (pretrained: {args.pretrained}), mean over seeds {args.seeds} "
+        f"(min-max in brackets). Machine: {record['machine']['cpu']}, {record['machine']['torch_threads']} torch threads; "
+        f"{record['seconds']:.0f} s in all. Command: `{record['command']}`.",
+        "",
+        "Validation: 2-fold over validation patients (cut-points and blend fitted on one half, scored on the other). "
+        "Test: fitted on all of validation. Choose on validation only.",
+        "",
+        "| head | decode | TTA | two-eye blend | val QWK | val macro-F1 | test QWK | test macro-F1 | test acc | seeds predicting grade 4 on test |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in record["summary"]:
+        def cell(key: str) -> str:
+            low, high = e[f"{key}_range"]
+            return f"{e[key]:.3f} [{low:.3f}-{high:.3f}]"
+        lines.append(
+            f"| {e['head']} | {e['decode']} | {e['tta']} | {'yes' if e['patient_blend'] else 'no'} | {cell('val_2fold_kappa')} | "
+            f"{cell('val_2fold_macro_f1')} | {cell('test_kappa')} | {cell('test_macro_f1')} | {e['test_accuracy']:.3f} | "
+            f"{e['test_predicts_grade_4']} of {e['seeds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
