@@ -29,7 +29,7 @@ def main() -> None:
         compared=json.loads(Path("metrics/compare.json").read_text()),
         balance=json.loads(Path("metrics/label_balance.json").read_text()),
         eval_dir="metrics/eval",
-        setup={key: get(params, key, object) for key in SETUP},
+        setup={key: get(params, key, (object, bool)) for key in SETUP},
     )
     print(f"wrote {args.out} ({len(text.splitlines())} lines)")
 
