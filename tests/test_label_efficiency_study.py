@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +16,7 @@ from retinopathy.label_efficiency import StudyLayout, SummarySettings, fraction_
 from retinopathy.metrics import quadratic_weighted_kappa
 from retinopathy.params import get, load_params
 from retinopathy.utils import write_csv, write_json
+from dvc_repo import run, stages_run
 from test_code_deps import code_dependencies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,18 +173,6 @@ def test_summary_refuses_fractions_evaluated_on_different_test_images(tmp_path: 
         summarize_study([0.5], [7], layout=layout, settings=SummarySettings(bootstrap_resamples=20))
 
 
-def _run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done.stdout + done.stderr
-
-
-def _stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
 def tiny_study_repo(path: Path, *, fractions: list[float], seeds: list[int]) -> Path:
     """A git + DVC repository holding the project's pipeline and the study, with tiny params."""
     for name in ("dvc.yaml", "stages", "src"):
@@ -211,9 +196,9 @@ def tiny_study_repo(path: Path, *, fractions: list[float], seeds: list[int]) -> 
     study.update(fractions=fractions, seeds=seeds)
     study["summary"]["bootstrap_resamples"] = 50
     (path / STUDY / "params.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
-    _run(["git", "init", "-q"], path)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], path)
-    _run(["dvc", "init", "-q"], path)
+    run(["git", "init", "-q"], path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], path)
+    run(["dvc", "init", "-q"], path)
     return path
 
 
@@ -221,13 +206,13 @@ def tiny_study_repo(path: Path, *, fractions: list[float], seeds: list[int]) -> 
 def study_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny study (2 fractions x 2 pretraining settings x 1 seed), reproduced once with the command the docs give."""
     path = tiny_study_repo(tmp_path_factory.mktemp("study"), fractions=[0.5, 1.0], seeds=[42])
-    path.joinpath("first.log").write_text(_run(["dvc", "repro", "studies/label_efficiency/dvc.yaml"], path))
+    path.joinpath("first.log").write_text(run(["dvc", "repro", "studies/label_efficiency/dvc.yaml"], path))
     return path
 
 
 @pytest.mark.slow
 def test_tiny_study_runs_every_point_from_the_main_data_set_and_writes_table_and_figure(study_repo: Path) -> None:
-    ran = _stages_run((study_repo / "first.log").read_text())
+    ran = stages_run((study_repo / "first.log").read_text())
     prefix = "studies/label_efficiency/dvc.yaml:"
     points = [f"{fraction}-{pretrained}-42" for fraction in ("0.5", "1.0") for pretrained in ("true", "false")]
     expected = {f"{prefix}{name}@{fraction}" for name in ("preprocess", "pretrain") for fraction in ("0.5", "1.0")}
@@ -251,11 +236,11 @@ def test_tiny_study_runs_every_point_from_the_main_data_set_and_writes_table_and
 
 @pytest.mark.slow
 def test_second_study_repro_runs_nothing(study_repo: Path) -> None:
-    assert _stages_run(_run(["dvc", "repro", "studies/label_efficiency/dvc.yaml"], study_repo)) == set()
+    assert stages_run(run(["dvc", "repro", "studies/label_efficiency/dvc.yaml"], study_repo)) == set()
 
 
 @pytest.mark.slow
 def test_the_main_pipelines_repro_does_not_run_the_study(study_repo: Path) -> None:
     """`dvc repro` (what `make run` calls) reproduces the root dvc.yaml only; the study runs when asked for."""
-    out = _run(["dvc", "repro", "--dry", "--force"], study_repo)
+    out = run(["dvc", "repro", "--dry", "--force"], study_repo)
     assert "synthesize" in out and "label_efficiency" not in out

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import subprocess
 import sys
@@ -12,22 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from dvc_repo import run, stages_run
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["resnet18-true-42", "resnet18-false-42", "resnet50-true-42", "resnet50-false-42"]
 AGGREGATES = {"compare", "plot", "report"}
-
-
-def _run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done.stdout + done.stderr
-
-
-def _stages_run(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 def _tiny_params() -> dict:
@@ -50,15 +37,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         src = ROOT / name
         (shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")) if src.is_dir() else shutil.copy(src, path / name))
     (path / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
-    _run(["git", "init", "-q"], path)
-    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], path)
-    _run(["dvc", "init", "-q"], path)
-    path.joinpath("first.log").write_text(_run(["dvc", "repro"], path))
+    run(["git", "init", "-q"], path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], path)
+    run(["dvc", "init", "-q"], path)
+    path.joinpath("first.log").write_text(run(["dvc", "repro"], path))
     return path
 
 
 def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path) -> None:
-    ran = _stages_run((repo / "first.log").read_text())
+    ran = stages_run((repo / "first.log").read_text())
     expected = {"synthesize", "preprocess", "pretrain@resnet18", "pretrain@resnet50"} | AGGREGATES
     expected |= {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS}
     assert ran == expected
@@ -90,14 +77,14 @@ def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path
 
 
 def test_second_repro_runs_nothing(repo: Path) -> None:
-    assert _stages_run(_run(["dvc", "repro"], repo)) == set()
+    assert stages_run(run(["dvc", "repro"], repo)) == set()
 
 
 def test_adding_a_seed_runs_only_that_seeds_stages_and_the_aggregates(repo: Path) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["seeds"] = [42, 7]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ran = _stages_run(_run(["dvc", "repro"], repo))
+    ran = stages_run(run(["dvc", "repro"], repo))
     new = [v.replace("-42", "-7") for v in VARIANTS]
     assert ran == {f"{stage}@{v}" for stage in ("train", "evaluate") for v in new} | AGGREGATES
     compared = json.loads((repo / "metrics" / "compare.json").read_text())
@@ -110,7 +97,7 @@ def test_changing_lr_reruns_only_train_evaluate_and_the_aggregates(repo: Path) -
     params["lr"] = 0.0005
     params["seeds"] = [42]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ran = _stages_run(_run(["dvc", "repro"], repo))
+    ran = stages_run(run(["dvc", "repro"], repo))
     assert ran == {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS} | AGGREGATES
 
 
@@ -118,7 +105,7 @@ def test_changing_pretraining_leaves_the_scratch_variants_alone(repo: Path) -> N
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["pretrain"]["lr"] = 0.02
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ran = _stages_run(_run(["dvc", "repro"], repo))
+    ran = stages_run(run(["dvc", "repro"], repo))
     assert "synthesize" not in ran and "preprocess" not in ran
     assert {"pretrain@resnet18", "pretrain@resnet50", "train@resnet18-true-42", "train@resnet50-true-42"} <= ran
     assert not ran & {"train@resnet18-false-42", "train@resnet50-false-42", "evaluate@resnet18-false-42"}
@@ -146,7 +133,7 @@ def test_train_stage_gives_identical_weights_in_a_second_working_copy(repo: Path
 
     copy = tmp_path / "copy"
     shutil.copytree(repo, copy, ignore=shutil.ignore_patterns(".git", ".dvc", "__pycache__"))
-    _run([sys.executable, "stages/train.py", "--arch", "resnet18", "--pretrained", "false", "--seed", "42"], copy)
+    run([sys.executable, "stages/train.py", "--arch", "resnet18", "--pretrained", "false", "--seed", "42"], copy)
     first = torch.load(repo / "models" / "resnet18-false-42.pt", weights_only=True)["state_dict"]
     second = torch.load(copy / "models" / "resnet18-false-42.pt", weights_only=True)["state_dict"]
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
