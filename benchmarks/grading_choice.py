@@ -15,6 +15,7 @@ import argparse
 import platform
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,7 @@ def main() -> None:
         for head in HEADS:
             for seed in args.seeds:
                 name = f"{args.arch}-{args.pretrained}-{seed}-{head}"
-                config = TrainConfig(**{**base.__dict__, "seed": seed, "head": head, "decode": "argmax"})
+                config = replace(base, seed=seed, head=head, decode="argmax")
                 t0 = time.perf_counter()
                 train_variant(
                     args.arch, pretrained=args.pretrained == "true", config=config, data_dir=args.data,

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 
 def run(args: list[str], cwd: Path) -> str:
@@ -21,3 +24,34 @@ def run(args: list[str], cwd: Path) -> str:
 def stages_run(output: str) -> set[str]:
     """The stages a `dvc repro` output says it ran."""
     return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_params() -> dict:
+    """The project's params.yaml shrunk so that a whole `dvc repro` takes a few minutes on 2 cores."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params.update(epochs=1, batch_size=8)
+    params["synthetic"].update(train_patients=12, test_patients=5, unlabeled_patients=3, min_size=48, max_size=64)
+    params["data"]["val_fraction"] = 0.25
+    params["preprocess"].update(size=32, workers=1)
+    params["pretrain"].update(epochs=1, batch_size=8)
+    params["evaluate"].update(bootstrap_resamples=50)
+    params["compare"].update(bootstrap_resamples=50)
+    return params
+
+
+def tiny_repo(path: Path) -> Path:
+    """A git + DVC repository at ``path`` holding the project's pipeline (dvc.yaml, stages, src) with tiny params."""
+    for name in ("dvc.yaml", "stages", "src"):
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(src, path / name)
+    (path / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run(["git", "init", "-q"], path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], path)
+    run(["dvc", "init", "-q"], path)
+    return path

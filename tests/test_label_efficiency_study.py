@@ -16,7 +16,7 @@ from retinopathy.label_efficiency import StudyLayout, SummarySettings, fraction_
 from retinopathy.metrics import quadratic_weighted_kappa
 from retinopathy.params import get, load_params
 from retinopathy.utils import write_csv, write_json
-from dvc_repo import run, stages_run
+from dvc_repo import run, stages_run, tiny_repo
 from test_code_deps import code_dependencies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,30 +175,14 @@ def test_summary_refuses_fractions_evaluated_on_different_test_images(tmp_path: 
 
 def tiny_study_repo(path: Path, *, fractions: list[float], seeds: list[int]) -> Path:
     """A git + DVC repository holding the project's pipeline and the study, with tiny params."""
-    for name in ("dvc.yaml", "stages", "src"):
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(src, path / name)
+    tiny_repo(path)
     (path / STUDY).mkdir(parents=True)
     for name in STUDY_FILES:
         shutil.copy(ROOT / STUDY / name, path / STUDY / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params.update(epochs=1, batch_size=8)
-    params["synthetic"].update(train_patients=12, test_patients=5, unlabeled_patients=3, min_size=48, max_size=64)
-    params["data"]["val_fraction"] = 0.25
-    params["preprocess"].update(size=32, workers=1)
-    params["pretrain"].update(epochs=1, batch_size=8)
-    params["evaluate"].update(bootstrap_resamples=50)
-    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     study = yaml.safe_load((ROOT / STUDY / "params.yaml").read_text())
     study.update(fractions=fractions, seeds=seeds)
     study["summary"]["bootstrap_resamples"] = 50
     (path / STUDY / "params.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
-    run(["git", "init", "-q"], path)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], path)
-    run(["dvc", "init", "-q"], path)
     return path
 
 

@@ -10,36 +10,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvc_repo import run, stages_run
+from dvc_repo import run, stages_run, tiny_repo
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["resnet18-true-42", "resnet18-false-42", "resnet50-true-42", "resnet50-false-42"]
 AGGREGATES = {"compare", "plot", "report"}
-
-
-def _tiny_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params.update(epochs=1, batch_size=8)
-    params["synthetic"].update(train_patients=12, test_patients=5, unlabeled_patients=3, min_size=48, max_size=64)
-    params["data"]["val_fraction"] = 0.25
-    params["preprocess"].update(size=32, workers=1)
-    params["pretrain"].update(epochs=1, batch_size=8)
-    params["evaluate"].update(bootstrap_resamples=50)
-    params["compare"].update(bootstrap_resamples=50)
-    return params
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC repository holding the project's pipeline with tiny params, reproduced once."""
-    path = tmp_path_factory.mktemp("repo")
-    for name in ("dvc.yaml", "stages", "src"):
-        src = ROOT / name
-        (shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")) if src.is_dir() else shutil.copy(src, path / name))
-    (path / "params.yaml").write_text(yaml.safe_dump(_tiny_params(), sort_keys=False))
-    run(["git", "init", "-q"], path)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], path)
-    run(["dvc", "init", "-q"], path)
+    path = tiny_repo(tmp_path_factory.mktemp("repo"))
     path.joinpath("first.log").write_text(run(["dvc", "repro"], path))
     return path
 

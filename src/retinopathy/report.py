@@ -57,6 +57,12 @@ def _setup_name(row: dict[str, Any]) -> str:
     return f"{decode}; TTA {row['tta']}; two-eye blend {'yes' if row['patient_blend'] else 'no'}"
 
 
+def _configured_setup(grading: dict[str, Any]) -> str:
+    """The setup an evaluation reports (its ``grading`` record), named as in the components table."""
+    decode = "cut-points" if grading["head"] == "regression" else grading["decoder"]["decode"]
+    return _setup_name({"decode": decode, "tta": grading["tta"], "patient_blend": grading["patient_blend"]})
+
+
 def _grading_table(evals: dict[str, list[dict]]) -> list[str]:
     """Each grading setup's QWK per variant (mean over seeds): 2-fold validation / test."""
     variants = [v for v, runs in evals.items() if all("components" in m for m in runs)]
@@ -184,7 +190,7 @@ def write_report(
         "## Grading: decoding, TTA and the two-eye blend",
         "",
         f"The reported results grade with: {first['grading']['head']} head, "
-        f"{_setup_name({'decode': first['grading']['decoder']['decode'] if first['grading']['head'] == 'classification' else 'cut-points', 'tta': first['grading']['tta'], 'patient_blend': first['grading']['patient_blend']})}"
+        f"{_configured_setup(first['grading'])}"
         f" (test patients with one eye, graded from it alone: {first['grading']['test_patients_with_one_eye']}). "
         "Every setup of the same models, QWK as validation (2-fold over validation patients: cut-points and blend fitted on one half, "
         "scored on the other) / test (fitted on all of validation), and in brackets the test images predicted grade 4 "
