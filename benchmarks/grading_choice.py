@@ -1,17 +1,22 @@
-"""Choose the grading defaults on validation: heads x decodings x TTA x two-eye blend, several seeds.
+"""Choose the grading defaults on validation: heads x class weighting x classifier refit x decodings x TTA x two-eye
+blend, several seeds.
 
-Trains one architecture/pretraining variant with each head and each seed on the pipeline's processed
+Trains one architecture/pretraining variant with each head (and each loss weighting and classifier refit asked
+for) and each seed on the pipeline's processed
 set and start point (run `dvc repro pretrain@resnet18` first), evaluates it with every grading setup
 (retinopathy.evaluation.components) and writes a table of validation figures (2-fold over validation
 patients, so nothing tuned scores itself) with test figures beside them. The choice is made on the
 validation column alone. Writes metrics/grading_choice.{json,md}.
 
     python benchmarks/grading_choice.py --seeds 42 43
+    python benchmarks/grading_choice.py --heads classification --refit false true --seeds 42 43 44 \
+        --out metrics/refit_choice
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import tempfile
 import time
@@ -24,6 +29,7 @@ import torch
 from retinopathy.evaluation import EvalSettings, evaluate_variant
 from retinopathy.params import load_params
 from retinopathy.precision import cpu_info
+from retinopathy.data import CLASS_WEIGHTING
 from retinopathy.training import TrainConfig
 from retinopathy.utils import write_json
 from retinopathy.variants import train_variant
@@ -36,39 +42,62 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--pretrained", default="true", choices=["true", "false"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
+    parser.add_argument("--class-weighting", nargs="+", choices=CLASS_WEIGHTING, default=None,
+                        help="loss weightings to compare (default: params.yaml's class_weighting alone)")
+    parser.add_argument("--refit", nargs="+", choices=["true", "false"], default=None,
+                        help="classifier refit settings to compare (default: params.yaml's refit_classifier alone)")
+    parser.add_argument("--refit-c", type=float, nargs="+", default=None,
+                        help="refit_c values to compare when refitting (default: params.yaml's refit_c alone)")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
     parser.add_argument("--out", default="metrics/grading_choice")
+    parser.add_argument("--keep", default=None, help="folder to keep the trained models and predictions in (default: discard)")
     args = parser.parse_args()
 
     params = load_params(args.params)
     keys = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting", "select_on",
             "num_workers", "precision"]
     base = TrainConfig(**{key: params[key] for key in keys})
+    weightings = args.class_weighting or [base.class_weighting]
+    refits = [r == "true" for r in args.refit] if args.refit else [bool(params["refit_classifier"])]
+    cs = args.refit_c or [float(params["refit_c"])]
+    # A refit setting: None (no refit) or its C. A regression head is never refitted, so it gets None alone.
+    refit_settings = list(dict.fromkeys(c if refit else None for refit in refits for c in cs))
     rows, started = [], time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        for head in HEADS:
-            for seed in args.seeds:
-                name = f"{args.arch}-{args.pretrained}-{seed}-{head}"
-                config = replace(base, seed=seed, head=head, decode="argmax")
-                t0 = time.perf_counter()
-                train_variant(
-                    args.arch, pretrained=args.pretrained == "true", config=config, data_dir=args.data,
-                    start_path=f"models/start/{args.arch}-{args.pretrained}", model_out=f"{tmp}/{name}.pt",
-                    history_out=f"{tmp}/{name}.tsv", summary_out=f"{tmp}/{name}.json", flip=params["flip"],
-                    rotation=params["rotation"], zero_init_residual=params["zero_init_residual"], device=params["device"],
-                )
-                seconds = time.perf_counter() - t0
-                metrics = evaluate_variant(
-                    model_path=f"{tmp}/{name}.pt", data_dir=args.data, metrics_out=f"{tmp}/{name}-eval.json",
-                    predictions_out=f"{tmp}/{name}-pred.csv", settings=EvalSettings(bootstrap_resamples=200),
-                    device=params["device"], head=head,
-                )
-                for row in metrics["components"]:
-                    rows.append({"head": head, "seed": seed, "train_seconds": round(seconds, 1), **row})
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
+        runs = [(head, weighting, refit_c, seed)
+                for head, weighting, refit_c, seed in itertools.product(args.heads, weightings, refit_settings, args.seeds)
+                if head == "classification" or refit_c is None]
+        for head, weighting, refit_c, seed in runs:
+            refit = "none" if refit_c is None else f"C={refit_c:g}"
+            name = f"{args.arch}-{args.pretrained}-{seed}-{head}-{weighting}-{refit}"
+            config = replace(base, seed=seed, head=head, decode="argmax", class_weighting=weighting)
+            t0 = time.perf_counter()
+            train_variant(
+                args.arch, pretrained=args.pretrained == "true", config=config, data_dir=args.data,
+                start_path=f"models/start/{args.arch}-{args.pretrained}", model_out=f"{tmp}/{name}.pt",
+                history_out=f"{tmp}/{name}.tsv", summary_out=f"{tmp}/{name}.json", flip=params["flip"],
+                rotation=params["rotation"], zero_init_residual=params["zero_init_residual"], device=params["device"],
+                refit=refit_c is not None, refit_c=refit_c or 1.0,
+            )
+            seconds = time.perf_counter() - t0
+            metrics = evaluate_variant(
+                model_path=f"{tmp}/{name}.pt", data_dir=args.data, metrics_out=f"{tmp}/{name}-eval.json",
+                predictions_out=f"{tmp}/{name}-pred.csv", settings=EvalSettings(bootstrap_resamples=200),
+                device=params["device"], head=head,
+            )
+            for row in metrics["components"]:
+                rows.append({"head": head, "class_weighting": weighting, "refit": refit, "seed": seed,
+                             "train_seconds": round(seconds, 1), **row})
     table = _table(rows)
     record = {
-        "command": f"python benchmarks/grading_choice.py --arch {args.arch} --pretrained {args.pretrained} --seeds {' '.join(map(str, args.seeds))}",
+        "command": (f"python benchmarks/grading_choice.py --arch {args.arch} --pretrained {args.pretrained} "
+                    f"--seeds {' '.join(map(str, args.seeds))} --heads {' '.join(args.heads)} "
+                    f"--class-weighting {' '.join(weightings)} --refit {' '.join(args.refit or [str(refits[0]).lower()])} "
+                    f"--refit-c {' '.join(f'{c:g}' for c in cs)} --out {args.out}"),
         "machine": {"cpu": cpu_info()[0] or platform.processor(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__},
         "seconds": round(time.perf_counter() - started, 1),
@@ -81,7 +110,7 @@ def main() -> None:
 
 
 def _setup(row: dict) -> tuple:
-    return (row["head"], row["decode"], row["tta"], row["patient_blend"])
+    return (row["head"], row.get("class_weighting"), row.get("refit", "none"), row["decode"], row["tta"], row["patient_blend"])
 
 
 def _table(rows: list[dict]) -> list[dict]:
@@ -89,13 +118,16 @@ def _table(rows: list[dict]) -> list[dict]:
     out = []
     for setup in dict.fromkeys(_setup(r) for r in rows):
         group = [r for r in rows if _setup(r) == setup]
-        entry = {"head": setup[0], "decode": setup[1], "tta": setup[2], "patient_blend": setup[3], "seeds": len(group)}
+        entry = {"head": setup[0], "class_weighting": setup[1], "refit": setup[2], "decode": setup[3], "tta": setup[4],
+                 "patient_blend": setup[5], "seeds": len(group)}
         for split in ("val_2fold", "test"):
             for metric in ("kappa", "accuracy", "macro_f1"):
                 values = np.array([r[split][metric] for r in group])
                 entry[f"{split}_{metric}"] = round(float(values.mean()), 4)
                 entry[f"{split}_{metric}_range"] = [round(float(values.min()), 4), round(float(values.max()), 4)]
         entry["test_predicts_grade_4"] = sum(r["test_predicted_grades"][4] > 0 for r in group)
+        if all("val_predicted_grades" in r for r in group):
+            entry["val_predicts_grade_4"] = sum(r["val_predicted_grades"][4] > 0 for r in group)
         out.append(entry)
     return out
 
@@ -109,17 +141,18 @@ def _markdown(record: dict, args: argparse.Namespace) -> str:
         "Validation: 2-fold over validation patients (cut-points and blend fitted on one half, scored on the other). "
         "Test: fitted on all of validation. Choose on validation only.",
         "",
-        "| head | decode | TTA | two-eye blend | val QWK | val macro-F1 | test QWK | test macro-F1 | test acc | seeds predicting grade 4 on test |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| head | class weighting | classifier refit | decode | TTA | two-eye blend | val QWK | val macro-F1 | test QWK | "
+        "test macro-F1 | test acc | seeds predicting grade 4 on val / on test |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in record["summary"]:
         def cell(key: str) -> str:
             low, high = e[f"{key}_range"]
             return f"{e[key]:.3f} [{low:.3f}-{high:.3f}]"
         lines.append(
-            f"| {e['head']} | {e['decode']} | {e['tta']} | {'yes' if e['patient_blend'] else 'no'} | {cell('val_2fold_kappa')} | "
+            f"| {e['head']} | {e['class_weighting']} | {e['refit']} | {e['decode']} | {e['tta']} | {'yes' if e['patient_blend'] else 'no'} | {cell('val_2fold_kappa')} | "
             f"{cell('val_2fold_macro_f1')} | {cell('test_kappa')} | {cell('test_macro_f1')} | {e['test_accuracy']:.3f} | "
-            f"{e['test_predicts_grade_4']} of {e['seeds']} |"
+            f"{e.get('val_predicts_grade_4', '?')} / {e['test_predicts_grade_4']} of {e['seeds']} |"
         )
     return "\n".join(lines) + "\n"
 

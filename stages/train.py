@@ -12,13 +12,14 @@ from retinopathy.distributed import torchrun_command, under_torchrun
 from retinopathy.models import ARCHITECTURES
 from retinopathy.params import ParamsError, check_known, get, load_params
 from retinopathy.precision import PRECISIONS
-from retinopathy.training import CLASS_WEIGHTING, OPTIMIZERS, SCHEDULES, SELECT_ON, TrainConfig
+from retinopathy.data import CLASS_WEIGHTING
+from retinopathy.training import OPTIMIZERS, SCHEDULES, SELECT_ON, TrainConfig
 from retinopathy.variants import train_variant
 
 # Top-level keys: training hyperparameters, then the other stages' sections.
 TOP_LEVEL = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting",
              "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "precision", "seed", "seeds", "compile",
-             "nproc", "sync_bn", "head", "decode"]
+             "nproc", "sync_bn", "head", "decode", "refit_classifier", "refit_c"]
 SECTIONS = ["synthetic", "data", "preprocess", "pretrain", "evaluate", "compare", "plot"]
 
 
@@ -63,6 +64,9 @@ def main() -> None:
         head=get(params, "head", str, choices=HEADS),
         decode=get(params, "decode", str, choices=DECODINGS),
     )
+    refit_c = get(params, "refit_c", float)
+    if not refit_c > 0:
+        raise ParamsError(f"params.yaml: key 'refit_c' must be positive, got {refit_c}")
     variant = f"{args.arch}-{args.pretrained}-{args.seed}"
     summary = train_variant(
         args.arch,
@@ -79,6 +83,8 @@ def main() -> None:
         device=get(params, "device", str),
         # Outside the stage's outputs, which DVC deletes before a rerun; the run deletes it when done.
         resume_path=f"{args.checkpoints}/{variant}.pt",
+        refit=get(params, "refit_classifier", bool),
+        refit_c=refit_c,
     )
     if os.environ.get("RANK", "0") == "0":
         print(f"{variant}: best epoch {summary['best_epoch']}, val acc {summary['val_acc']}, val kappa {summary['val_kappa']}")

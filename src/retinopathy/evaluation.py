@@ -130,6 +130,7 @@ def components(head: str, val: dict[str, Split], test: dict[str, Split], *, seed
                     **row,
                     "val_2fold": _grade_scores(val[tta].labels, val_preds),
                     "test": _grade_scores(test[tta].labels, test_preds),
+                    "val_predicted_grades": np.bincount(val_preds, minlength=len(GRADES)).tolist(),
                     "test_predicted_grades": np.bincount(test_preds, minlength=len(GRADES)).tolist(),
                 })
     return rows

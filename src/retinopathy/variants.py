@@ -15,8 +15,10 @@ from retinopathy.data import build_transform, class_weight_values, make_loader, 
 from retinopathy.distributed import broadcast, distributed_sampler, init_distributed, shutdown_distributed
 from retinopathy.decoding import Decoder, head_outputs
 from retinopathy.inference import model_metadata, predict
+from retinopathy.metrics import quadratic_weighted_kappa
 from retinopathy.models import build_model, load_backbone
 from retinopathy.precision import hardware, resolve_precision
+from retinopathy.refit import refit_classifier
 from retinopathy.resume import ResumeCheckpoint, fingerprint
 from retinopathy.startpoints import read_start_point
 from retinopathy.training import TrainConfig, class_weights, fit
@@ -58,6 +60,8 @@ def train_variant(
     device: str = "auto",
     resume_path: str | os.PathLike[str] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    refit: bool = True,
+    refit_c: float = 1.0,
 ) -> dict:
     """Train one variant, keep the best validation epoch, write model, per-epoch history and summary.
 
@@ -65,6 +69,8 @@ def train_variant(
     batch, and rank 0 alone evaluates and writes; every process returns the summary. With
     ``resume_path``, a snapshot is kept there after each epoch and continued from by the next call
     with the same params, data and code; it is deleted once the outputs are written.
+    With ``refit`` (classification heads), the chosen epoch's last layer is refitted on the frozen
+    features of the un-augmented training images (:mod:`retinopathy.refit`) before cut-points are tuned.
     """
     generator = seed_everything(config.seed)
     world, dev = init_distributed(select_device(device))
@@ -74,6 +80,8 @@ def train_variant(
         if config.batch_size % world.world_size:
             raise ValueError(f"batch_size {config.batch_size} must be divisible by nproc {world.world_size}: each process takes an equal share of every batch")
         crop = crop_record(data_dir)  # before training, so an old processed set stops the run at once
+        if refit and not refit_c > 0:
+            raise ValueError(f"refit_c must be positive, got {refit_c!r}")
         decoder = Decoder(head=config.head, decode=config.decode)  # checks both before any work
         model = build_model(arch, num_classes=head_outputs(config.head), zero_init_residual=zero_init_residual)
         init_files: list[Path] = []
@@ -139,8 +147,22 @@ def train_variant(
             best = history.loc[history["epoch"] == result.best_epoch].iloc[0]
             # Cut-points (and a regression head's temperature) are tuned on the chosen epoch's validation outputs.
             model.load_state_dict(result.best_state)
-            val_raw, val_labels = predict(model.to(dev), loaders["val"], dev, precision=precision, desc="val (decoding)", head=config.head)
+            model.to(dev)
+            if not refit:
+                refit_record: dict = {"applied": False, "reason": "refit_classifier is false"}
+            elif config.head != "classification":
+                refit_record = {"applied": False, "reason": f"{config.head} head (only a classification head is refitted)"}
+            else:
+                train_plain = processed_dataset(data_dir, "train", eval_tf)
+                plain_loader = make_loader(train_plain, batch_size=config.batch_size, train=False, num_workers=config.num_workers,
+                                           generator=None, device=dev)
+                refit_record = refit_classifier(model, plain_loader, dev, class_weights=weights, c=refit_c, precision=precision)
+            val_raw, val_labels = predict(model, loaders["val"], dev, precision=precision, desc="val (decoding)", head=config.head)
+            if refit_record["applied"]:
+                refit_record["val_kappa_before"] = round(float(best["val_kappa"]), 4)
+                refit_record["val_kappa_after"] = round(quadratic_weighted_kappa(val_labels, val_raw.argmax(1)), 4)
             decoder = decoder.fitted(val_labels, val_raw, seed=config.seed)
+            state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             summary = {
                 "best_epoch": result.best_epoch,
                 "val_acc": round(float(best["val_acc"]), 4),
@@ -158,14 +180,15 @@ def train_variant(
                 "class_weighting": config.class_weighting,
                 "class_weights": None if weights is None else [round(float(w), 4) for w in weights],
                 "decoding": decoder.to_dict(),
+                "refit": refit_record,
                 **({"processes": world.world_size} if world.enabled else {}),
             }
             # Self-describing: the metadata lets `retinopathy predict` grade a raw photograph with this file alone.
             meta = model_metadata(arch, mean=mean, std=std, crop=crop, precision=precision, data_fingerprint=data_fingerprint(data_dir), decoder=decoder)
             save_checkpoint(
                 model_out,
-                {**meta, "arch": arch, "pretrained": pretrained, "state_dict": result.best_state, "mean": mean, "std": std, "best_epoch": result.best_epoch,
-                 "config": asdict(config), "precision": precision, "hardware": hardware(dev)},
+                {**meta, "arch": arch, "pretrained": pretrained, "state_dict": state, "mean": mean, "std": std, "best_epoch": result.best_epoch,
+                 "config": asdict(config), "refit": refit_record, "precision": precision, "hardware": hardware(dev)},
             )
             write_csv(history_out, history.round(5), sep="\t")
             write_json(summary_out, summary)
