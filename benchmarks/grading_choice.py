@@ -9,7 +9,7 @@ patients, so nothing tuned scores itself) with test figures beside them. The cho
 validation column alone. Writes metrics/grading_choice.{json,md}.
 
     python benchmarks/grading_choice.py --seeds 42 43
-    python benchmarks/grading_choice.py --heads classification --refit false true --seeds 42 43 44 \
+    python benchmarks/grading_choice.py --heads classification --refit-c none 0.1 1 10 --seeds 42 43 44 \
         --out metrics/refit_choice
 """
 
@@ -27,11 +27,13 @@ import numpy as np
 import torch
 
 from retinopathy.evaluation import EvalSettings, evaluate_variant
+from retinopathy.inference import load_model
 from retinopathy.params import load_params
 from retinopathy.precision import cpu_info
-from retinopathy.data import CLASS_WEIGHTING
+from retinopathy.refit import refit_classifier
+from retinopathy.data import CLASS_WEIGHTING, build_transform, class_weight_values, make_loader, processed_dataset
 from retinopathy.training import TrainConfig
-from retinopathy.utils import write_json
+from retinopathy.utils import load_checkpoint, save_checkpoint, select_device, write_json
 from retinopathy.variants import train_variant
 
 HEADS = ("classification", "regression")
@@ -45,10 +47,9 @@ def main() -> None:
     parser.add_argument("--heads", nargs="+", default=list(HEADS), choices=HEADS)
     parser.add_argument("--class-weighting", nargs="+", choices=CLASS_WEIGHTING, default=None,
                         help="loss weightings to compare (default: params.yaml's class_weighting alone)")
-    parser.add_argument("--refit", nargs="+", choices=["true", "false"], default=None,
-                        help="classifier refit settings to compare (default: params.yaml's refit_classifier alone)")
-    parser.add_argument("--refit-c", type=float, nargs="+", default=None,
-                        help="refit_c values to compare when refitting (default: params.yaml's refit_c alone)")
+    parser.add_argument("--refit-c", nargs="+", default=None,
+                        help="classifier refits to compare: 'none' or a refit_c value each (default: params.yaml's); "
+                             "each trained network is refitted with each C, so a C costs one refit, not one training")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
     parser.add_argument("--out", default="metrics/grading_choice")
@@ -60,20 +61,14 @@ def main() -> None:
             "num_workers", "precision"]
     base = TrainConfig(**{key: params[key] for key in keys})
     weightings = args.class_weighting or [base.class_weighting]
-    refits = [r == "true" for r in args.refit] if args.refit else [bool(params["refit_classifier"])]
-    cs = args.refit_c or [float(params["refit_c"])]
-    # A refit setting: None (no refit) or its C. A regression head is never refitted, so it gets None alone.
-    refit_settings = list(dict.fromkeys(c if refit else None for refit in refits for c in cs))
+    default_refit = str(params["refit_c"]) if params["refit_classifier"] else "none"
+    refit_settings = [None if r == "none" else float(r) for r in dict.fromkeys(args.refit_c or [default_refit])]
     rows, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
-        runs = [(head, weighting, refit_c, seed)
-                for head, weighting, refit_c, seed in itertools.product(args.heads, weightings, refit_settings, args.seeds)
-                if head == "classification" or refit_c is None]
-        for head, weighting, refit_c, seed in runs:
-            refit = "none" if refit_c is None else f"C={refit_c:g}"
-            name = f"{args.arch}-{args.pretrained}-{seed}-{head}-{weighting}-{refit}"
+        for head, weighting, seed in itertools.product(args.heads, weightings, args.seeds):
+            name = f"{args.arch}-{args.pretrained}-{seed}-{head}-{weighting}"
             config = replace(base, seed=seed, head=head, decode="argmax", class_weighting=weighting)
             t0 = time.perf_counter()
             train_variant(
@@ -81,23 +76,30 @@ def main() -> None:
                 start_path=f"models/start/{args.arch}-{args.pretrained}", model_out=f"{tmp}/{name}.pt",
                 history_out=f"{tmp}/{name}.tsv", summary_out=f"{tmp}/{name}.json", flip=params["flip"],
                 rotation=params["rotation"], zero_init_residual=params["zero_init_residual"], device=params["device"],
-                refit=refit_c is not None, refit_c=refit_c or 1.0,
+                refit=False,
             )
             seconds = time.perf_counter() - t0
-            metrics = evaluate_variant(
-                model_path=f"{tmp}/{name}.pt", data_dir=args.data, metrics_out=f"{tmp}/{name}-eval.json",
-                predictions_out=f"{tmp}/{name}-pred.csv", settings=EvalSettings(bootstrap_resamples=200),
-                device=params["device"], head=head,
-            )
-            for row in metrics["components"]:
-                rows.append({"head": head, "class_weighting": weighting, "refit": refit, "seed": seed,
-                             "train_seconds": round(seconds, 1), **row})
+            # A regression head is never refitted: it is scored once, as trained.
+            for refit_c in refit_settings if head == "classification" else [None]:
+                refit = "none" if refit_c is None else f"C={refit_c:g}"
+                model_path = f"{tmp}/{name}.pt"
+                if refit_c is not None:
+                    model_path = f"{tmp}/{name}-{refit}.pt"
+                    _refitted_copy(f"{tmp}/{name}.pt", model_path, args.data, weighting, refit_c, params["device"])
+                metrics = evaluate_variant(
+                    model_path=model_path, data_dir=args.data, metrics_out=f"{model_path[:-3]}-eval.json",
+                    predictions_out=f"{model_path[:-3]}-pred.csv", settings=EvalSettings(bootstrap_resamples=200),
+                    device=params["device"], head=head,
+                )
+                for row in metrics["components"]:
+                    rows.append({"head": head, "class_weighting": weighting, "refit": refit, "seed": seed,
+                                 "train_seconds": round(seconds, 1), **row})
     table = _table(rows)
     record = {
         "command": (f"python benchmarks/grading_choice.py --arch {args.arch} --pretrained {args.pretrained} "
                     f"--seeds {' '.join(map(str, args.seeds))} --heads {' '.join(args.heads)} "
-                    f"--class-weighting {' '.join(weightings)} --refit {' '.join(args.refit or [str(refits[0]).lower()])} "
-                    f"--refit-c {' '.join(f'{c:g}' for c in cs)} --out {args.out}"),
+                    f"--class-weighting {' '.join(weightings)} "
+                    f"--refit-c {' '.join('none' if c is None else f'{c:g}' for c in refit_settings)} --out {args.out}"),
         "machine": {"cpu": cpu_info()[0] or platform.processor(), "torch_threads": torch.get_num_threads(),
                     "torch": torch.__version__},
         "seconds": round(time.perf_counter() - started, 1),
@@ -107,6 +109,19 @@ def main() -> None:
     write_json(f"{args.out}.json", record)
     Path(f"{args.out}.md").write_text(_markdown(record, args))
     print(Path(f"{args.out}.md").read_text())
+
+
+def _refitted_copy(src: str, dst: str, data_dir: str, weighting: str, c: float, device: str) -> None:
+    """Copy of the model file at ``src`` with its last layer refitted as the train stage would (refit_c = ``c``)."""
+    dev = select_device(device)
+    model, meta = load_model(src, dev)
+    dataset = processed_dataset(data_dir, "train", build_transform(mean=meta["mean"], std=meta["std"], train=False))
+    loader = make_loader(dataset, batch_size=64, train=False, num_workers=0, generator=None, device=dev)
+    record = refit_classifier(model, loader, dev, class_weights=class_weight_values(dataset.labels, weighting), c=c)
+    checkpoint = load_checkpoint(src)
+    checkpoint["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    checkpoint["refit"] = record
+    save_checkpoint(dst, checkpoint)
 
 
 def _setup(row: dict) -> tuple:
