@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from retinopathy.evaluation import EvalSettings, evaluate_variant
 from retinopathy.models import build_model
 from retinopathy.refit import fit_classifier, pooled_features, refit_classifier
 from retinopathy.training import TrainConfig
@@ -104,6 +105,9 @@ def test_train_variant_refits_after_the_chosen_epoch_and_records_it(processed_di
     grades = set(np.loadtxt(processed_dir / "train.csv", delimiter=",", skiprows=1, usecols=1, dtype=str).tolist())
     record = outs[True][0]["refit"]
     assert outs[True][1]["refit"] == record
+    evaluated = evaluate_variant(model_path=tmp_path / "True" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "e.json",
+                                 predictions_out=tmp_path / "e.csv", settings=EvalSettings(batch_size=8, bootstrap_resamples=20))
+    assert evaluated["grading"]["refit"] == record  # the evaluation says how the model it scored was made
     backbone = [k for k in outs[False][1]["state_dict"] if not k.startswith("fc.")]
     for key in backbone:  # the refit never touches the trained backbone
         assert torch.equal(outs[False][1]["state_dict"][key], outs[True][1]["state_dict"][key]), key

@@ -228,6 +228,8 @@ def evaluate_variant(
         "head": decoder.head, "tta": settings.tta, "patient_blend": settings.patient_blend, **fitted,
         # Graded from that eye alone (the blend falls back to it).
         "test_patients_with_one_eye": int((counts == 1).sum()),
+        # How the train stage left the last layer (retinopathy.refit); absent from model files made before it.
+        "refit": meta.get("refit", {"applied": False, "reason": "the model file has no refit record"}),
     }
     metrics["components"] = components(decoder.head, splits["val"], splits["test"], seed=settings.bootstrap_seed)
     metrics["referable"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=2)

@@ -63,6 +63,23 @@ def _configured_setup(grading: dict[str, Any]) -> str:
     return _setup_name({"decode": decode, "tta": grading["tta"], "patient_blend": grading["patient_blend"]})
 
 
+def _refit_lines(evals: dict[str, list[dict]]) -> list[str]:
+    """What the classifier refit (retinopathy.refit) did to each model: validation QWK before and after."""
+    lines = ["Classifier refit (last layer refitted on the frozen training features after the chosen epoch; "
+             "validation QWK with argmax, before -> after):"]
+    for variant, runs in evals.items():
+        parts = []
+        for m in runs:
+            refit = m.get("grading", {}).get("refit", {"applied": False, "reason": "not recorded"})
+            if refit["applied"]:
+                parts.append(f"seed {m['seed']}: C {refit['c']:g}, {refit['val_kappa_before']:.3f} -> {refit['val_kappa_after']:.3f}"
+                             + ("" if refit["converged"] else " (not converged)"))
+            else:
+                parts.append(f"seed {m['seed']}: not applied ({refit['reason']})")
+        lines.append(f"- {describe(variant)}: " + "; ".join(parts))
+    return lines
+
+
 def _grading_table(evals: dict[str, list[dict]]) -> list[str]:
     """Each grading setup's QWK per variant (mean over seeds): 2-fold validation / test."""
     variants = [v for v, runs in evals.items() if all("components" in m for m in runs)]
@@ -187,7 +204,9 @@ def write_report(
         "",
         *_screening_table(evals, "sight_threatening"),
         "",
-        "## Grading: decoding, TTA and the two-eye blend",
+        "## Grading: classifier refit, decoding, TTA and the two-eye blend",
+        "",
+        *_refit_lines(evals),
         "",
         f"The reported results grade with: {first['grading']['head']} head, "
         f"{_configured_setup(first['grading'])}"
