@@ -24,13 +24,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from retinopathy.evaluation import EvalSettings, evaluate_variant
 from retinopathy.inference import load_model
+from retinopathy.metrics import accuracy, macro_f1, quadratic_weighted_kappa
 from retinopathy.params import load_params
 from retinopathy.precision import cpu_info
 from retinopathy.refit import refit_classifier
+from retinopathy.statistics import paired_difference
 from retinopathy.data import CLASS_WEIGHTING, build_transform, class_weight_values, make_loader, processed_dataset
 from retinopathy.training import TrainConfig
 from retinopathy.utils import load_checkpoint, save_checkpoint, select_device, write_json
@@ -64,6 +67,7 @@ def main() -> None:
     default_refit = str(params["refit_c"]) if params["refit_classifier"] else "none"
     refit_settings = [None if r == "none" else float(r) for r in dict.fromkeys(args.refit_c or [default_refit])]
     rows, started = [], time.perf_counter()
+    predictions: dict[tuple, pd.DataFrame] = {}
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
@@ -94,6 +98,8 @@ def main() -> None:
                 for row in metrics["components"]:
                     rows.append({"head": head, "class_weighting": weighting, "refit": refit, "seed": seed,
                                  "train_seconds": round(seconds, 1), **row})
+                predictions[(head, weighting, refit, seed)] = pd.read_csv(f"{model_path[:-3]}-pred.csv")
+    paired = _paired_against_no_refit(predictions, args.seeds)
     table = _table(rows)
     record = {
         "command": (f"python benchmarks/grading_choice.py --arch {args.arch} --pretrained {args.pretrained} "
@@ -105,10 +111,29 @@ def main() -> None:
         "seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
         "summary": table,
+        "paired_test": paired,
     }
     write_json(f"{args.out}.json", record)
     Path(f"{args.out}.md").write_text(_markdown(record, args))
     print(Path(f"{args.out}.md").read_text())
+
+
+def _paired_against_no_refit(predictions: dict[tuple, pd.DataFrame], seeds: list[int]) -> list[dict]:
+    """Each refit's test difference from no refit (argmax, no TTA): the same patients, every seed; the interval
+    resamples test patients and, with several seeds, seeds (retinopathy.statistics.paired_difference)."""
+    out = []
+    for head, weighting, refit in dict.fromkeys(key[:3] for key in predictions):
+        if refit == "none" or (head, weighting, "none", seeds[0]) not in predictions:
+            continue
+        first = predictions[(head, weighting, refit, seeds[0])]
+        a = [predictions[(head, weighting, refit, s)]["predicted"].to_numpy() for s in seeds]
+        b = [predictions[(head, weighting, "none", s)]["predicted"].to_numpy() for s in seeds]
+        for name, metric in (("kappa", quadratic_weighted_kappa), ("macro_f1", macro_f1), ("accuracy", accuracy)):
+            diff = paired_difference(metric, first["actual"].to_numpy(), a, b, first["patient"].astype(str).to_numpy(),
+                                     n_resamples=2000, seed=0, names=(refit, "none"))
+            out.append({"head": head, "class_weighting": weighting, "refit": refit, "metric": name,
+                        **{k: diff[k] for k in ("difference", "low", "high")}})
+    return out
 
 
 def _refitted_copy(src: str, dst: str, data_dir: str, weighting: str, c: float, device: str) -> None:
@@ -169,6 +194,18 @@ def _markdown(record: dict, args: argparse.Namespace) -> str:
             f"{cell('val_2fold_macro_f1')} | {cell('test_kappa')} | {cell('test_macro_f1')} | {e['test_accuracy']:.3f} | "
             f"{e.get('val_predicts_grade_4', '?')} / {e['test_predicts_grade_4']} of {e['seeds']} |"
         )
+    if record["paired_test"]:
+        lines += [
+            "",
+            "Refit minus no refit on test (argmax, no TTA; the same patients; the 95% interval resamples test patients and "
+            "seeds). Reported, not used to choose:",
+            "",
+            "| head | class weighting | classifier refit | metric | difference (95% interval) |",
+            "|---|---|---|---|---|",
+        ]
+        for d in record["paired_test"]:
+            lines.append(f"| {d['head']} | {d['class_weighting']} | {d['refit']} | {d['metric']} | "
+                         f"{d['difference']:+.3f} ({d['low']:+.3f} to {d['high']:+.3f}) |")
     return "\n".join(lines) + "\n"
 
 
