@@ -40,6 +40,7 @@ def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path
         assert metrics["bootstrap"]["unit"] == "patient" and metrics["bootstrap"]["patients"] == 5
         assert "auc" in metrics["referable"] and set(metrics["referable"]["operating_points"]) == {"high_sensitivity", "high_specificity"}
         assert metrics["grading"]["head"] == "classification" and metrics["grading"]["tta"] == "none"
+        assert "applied" in metrics["grading"]["refit"]  # the train stage's record of the classifier refit
         # argmax, expected, expected + blend, each without and with flips TTA
         assert [(c["decode"], c["patient_blend"], c["tta"]) for c in metrics["components"]] == [
             (d, b, t) for t in ("none", "flips") for d, b in (("argmax", False), ("expected", False), ("expected", True))]
@@ -52,7 +53,8 @@ def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path
     assert set(json.loads((repo / "metrics" / "summary.json").read_text())) == {"r18_pre", "r18_scr", "r50_pre", "r50_scr"}
     report = (repo / "metrics" / "report.md").read_text()
     assert "## Paired differences" in report and "Does pretraining help ResNet18?" in report
-    assert "## Grading: decoding, TTA and the two-eye blend" in report
+    assert "## Grading: classifier refit, decoding, TTA and the two-eye blend" in report
+    assert "Classifier refit (last layer refitted" in report
     assert (repo / "metrics" / "forest.png").is_file() and (repo / "dvc.lock").is_file()
 
 
