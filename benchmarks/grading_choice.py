@@ -36,7 +36,7 @@ from retinopathy.refit import refit_classifier
 from retinopathy.statistics import paired_difference
 from retinopathy.data import CLASS_WEIGHTING, build_transform, class_weight_values, make_loader, processed_dataset
 from retinopathy.training import TrainConfig
-from retinopathy.utils import load_checkpoint, save_checkpoint, select_device, write_json
+from retinopathy.utils import save_checkpoint, select_device, write_json
 from retinopathy.variants import train_variant
 
 HEADS = ("classification", "regression")
@@ -143,10 +143,9 @@ def _refitted_copy(src: str, dst: str, data_dir: str, weighting: str, c: float, 
     dataset = processed_dataset(data_dir, "train", build_transform(mean=meta["mean"], std=meta["std"], train=False))
     loader = make_loader(dataset, batch_size=64, train=False, num_workers=0, generator=None, device=dev)
     record = refit_classifier(model, loader, dev, class_weights=class_weight_values(dataset.labels, weighting), c=c)
-    checkpoint = load_checkpoint(src)
-    checkpoint["state_dict"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    checkpoint["refit"] = record
-    save_checkpoint(dst, checkpoint)
+    # load_model's metadata is the checkpoint less its weights: the file is read once.
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    save_checkpoint(dst, {**meta, "state_dict": state, "refit": record})
 
 
 def _setup(row: dict) -> tuple:

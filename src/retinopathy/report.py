@@ -70,7 +70,7 @@ def _refit_lines(evals: dict[str, list[dict]]) -> list[str]:
     for variant, runs in evals.items():
         parts = []
         for m in runs:
-            refit = m.get("grading", {}).get("refit", {"applied": False, "reason": "not recorded"})
+            refit = m["grading"]["refit"]  # evaluation records it, with a reason when the model file has none
             if refit["applied"]:
                 parts.append(f"seed {m['seed']}: C {refit['c']:g}, {refit['val_kappa_before']:.3f} -> {refit['val_kappa_after']:.3f}"
                              + ("" if refit["converged"] else " (not converged)"))
