@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
+from retinopathy.data import CLASS_WEIGHTING
 from retinopathy.decoding import HEADS
 from retinopathy.evaluation import EvalSettings, evaluate_variant
 from retinopathy.params import check_known, get, load_params
@@ -36,6 +37,7 @@ def main() -> None:
         num_workers=get(params, "num_workers", int),
         precision=get(params, "precision", str, choices=PRECISIONS),
         head=get(params, "head", str, choices=HEADS),
+        class_weighting=get(params, "class_weighting", str, choices=CLASS_WEIGHTING),
     )
 
 

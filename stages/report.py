@@ -11,7 +11,7 @@ from retinopathy.report import write_report
 
 # The params the report quotes as the study's setup (each declared for this stage in dvc.yaml).
 SETUP = ["data.source", "preprocess.size", "epochs", "batch_size", "lr", "optimizer", "lr_schedule", "class_weighting",
-         "select_on", "head", "decode", "refit_classifier", "refit_c", "evaluate.tta", "evaluate.patient_blend", "precision",
+         "select_on", "head", "decode", "refit_classifier", "refit_c", "evaluate.tta", "evaluate.patient_blend", "evaluate.blend_c", "precision",
          "pretrain.source", "pretrain.method", "pretrain.epochs"]
 
 

@@ -87,48 +87,93 @@ def _paired(n_patients: int, seed: int) -> Split:
     return _split(y, raw, patients, ["left", "right"] * n_patients)
 
 
-def test_thresholds_are_fitted_on_validation_only() -> None:
-    val, test = _paired(80, 0), _paired(60, 1)
+def _paired_probabilities(n_patients: int, seed: int) -> Split:
+    """Softmax outputs of a classification head on the same kind of patients: noisy, but peaked near the grade."""
+    regression = _paired(n_patients, seed)
+    logits = -((regression.raw - np.arange(5)[None, :]) ** 2)  # closest grade to the noisy score wins
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return Split(regression.names, probs, regression.labels)
+
+
+def test_cutpoints_are_fitted_on_validation_and_the_blend_on_training_outputs() -> None:
+    train, val, test = _paired(200, 8), _paired(80, 0), _paired(60, 1)
     shuffled = Split(test.names, test.raw, np.random.default_rng(2).permutation(test.labels))
     decoder = Decoder(head="regression")
-    for blend in (False, True):
-        preds, fitted = grade_with(decoder, val, test, blend=blend)
-        preds_shuffled, fitted_shuffled = grade_with(decoder, val, shuffled, blend=blend)
-        assert fitted == fitted_shuffled
+    blend = PatientBlend("regression").fit(train.labels, train.raw, train.patients, train.eyes)
+    for use in (None, blend):
+        preds, probs, fitted = grade_with(decoder, val, test, blend=use)
+        preds_shuffled, probs_shuffled, fitted_shuffled = grade_with(decoder, val, shuffled, blend=use)
+        assert fitted == fitted_shuffled  # test labels reach nothing
         np.testing.assert_array_equal(preds, preds_shuffled)
+        np.testing.assert_array_equal(probs, probs_shuffled)
+    # An argmax blend fits nothing on validation either: shuffled validation labels leave its test grades as they are.
+    cls_train, cls_val, cls_test = _paired_probabilities(200, 8), _paired_probabilities(80, 0), _paired_probabilities(60, 1)
+    cls_blend = PatientBlend().fit(cls_train.labels, cls_train.raw, cls_train.patients, cls_train.eyes)
+    val_shuffled = Split(cls_val.names, cls_val.raw, np.random.default_rng(3).permutation(cls_val.labels))
+    first = grade_with(Decoder(), cls_val, cls_test, blend=cls_blend)[0]
+    np.testing.assert_array_equal(first, grade_with(Decoder(), val_shuffled, cls_test, blend=cls_blend)[0])
 
 
 def test_blend_uses_the_other_eye_and_falls_back_to_one_eye() -> None:
-    val = _paired(200, 3)
-    blend = PatientBlend().fit(val.labels, val.raw[:, 0], val.patients, val.eyes)
+    train = _paired(300, 3)
+    blend = PatientBlend("regression").fit(train.labels, train.raw, train.patients, train.eyes)
     record = blend.to_dict()
-    assert record["both_eyes"]["other"] > 0.1  # correlated eyes: the partner's score carries weight
-    # Patient "b" has one eye: it is graded by the one-eye model, patient "a" by the two-eye one.
-    score = np.array([0.2, 2.9, 2.9])
+    assert record["fitted_on"] == "training images' outputs" and record["paired_images"] == 600
+    assert record["partner_to_own_weight"] > 0.1  # correlated eyes: the partner's score carries weight
+    # Patient "b" has one eye: it is graded by the one-eye fit; patient "a"'s right eye by the two-eye fit.
+    raw = np.array([[0.2], [2.9], [2.9]])
     patients, eyes = ["a", "a", "b"], ["left", "right", "right"]
-    partner = PatientBlend.partner_scores(score, patients, eyes)
-    assert np.isnan(partner[2]) and partner[0] == 2.9 and partner[1] == 0.2
-    blended = blend.blended(score, patients, eyes)
-    assert np.all(np.isfinite(blended))
-    assert blended[2] == pytest.approx(blend.alone.predict(np.array([[2.9]]))[0])
-    assert blended[1] < blended[2]  # a healthy partner pulls the grade down
+    np.testing.assert_array_equal(PatientBlend.partner_index(patients, eyes), [1, 0, -1])
+    probs = blend.probabilities(raw, patients, eyes)
+    assert probs.shape == (3, 5) and np.all(np.isfinite(probs))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    np.testing.assert_allclose(probs[2], blend.alone.predict_proba(np.array([[2.9]]))[0])
+    expected = probs @ np.arange(5)
+    assert expected[1] < expected[2]  # a healthy partner pulls the grade down
     with pytest.raises(ValueError, match="more than once"):
-        PatientBlend.partner_scores(score, ["a", "a", "a"], ["left", "right", "right"])
+        PatientBlend.partner_index(["a", "a", "a"], ["left", "right", "right"])
 
 
-def test_blend_helps_on_correlated_eyes() -> None:
-    val, test = _paired(300, 4), _paired(300, 5)
-    alone, _ = grade_with(Decoder(head="regression"), val, test, blend=False)
-    blended, _ = grade_with(Decoder(head="regression"), val, test, blend=True)
-    assert quadratic_weighted_kappa(test.labels, blended) > quadratic_weighted_kappa(test.labels, alone)
+@pytest.mark.parametrize("head", ["regression", "classification"])
+def test_blend_helps_on_correlated_eyes(head: str) -> None:
+    make = _paired if head == "regression" else _paired_probabilities
+    train, val, test = make(300, 9), make(300, 4), make(300, 5)
+    decoder = Decoder(head=head, decode="argmax" if head == "classification" else "expected")
+    blend = PatientBlend(head).fit(train.labels, train.raw, train.patients, train.eyes)
+    alone = grade_with(decoder, val, test)[0]
+    blended = grade_with(decoder, val, test, blend=blend)[0]
+    assert quadratic_weighted_kappa(test.labels, blended) > quadratic_weighted_kappa(test.labels, alone) + 0.01
+
+
+def test_blend_refuses_what_it_cannot_fit() -> None:
+    train = _paired(100, 10)
+    with pytest.raises(ValueError, match="evaluate.blend_c must be positive"):
+        PatientBlend("regression", c=0.0)
+    without_four = train.take(np.flatnonzero(train.labels < 4))
+    with pytest.raises(ValueError, match=r"grade\(s\) \[4\] have none"):
+        PatientBlend("regression").fit(without_four.labels, without_four.raw, without_four.patients, without_four.eyes)
+    with pytest.raises(ValueError, match="not fitted"):
+        PatientBlend("regression").probabilities(train.raw, train.patients, train.eyes)
+    with pytest.raises(ValueError, match="do not fit a classification head"):
+        PatientBlend("classification").fit(train.labels, train.raw, train.patients, train.eyes)
 
 
 def test_components_cover_every_setup_of_a_head() -> None:
-    val, test = _paired(40, 6), _paired(30, 7)
-    rows = components("regression", {"none": val, "flips": val}, {"none": test, "flips": test})
+    train, val, test = _paired(100, 11), _paired(40, 6), _paired(30, 7)
+    by_tta = lambda split: {"none": split, "flips": split}  # noqa: E731
+    rows = components("regression", by_tta(val), by_tta(test), by_tta(train))
     assert [(r["tta"], r["patient_blend"]) for r in rows] == [("none", False), ("none", True), ("flips", False), ("flips", True)]
     assert all(set(r["val_2fold"]) == {"accuracy", "kappa", "macro_f1"} for r in rows)
     assert all(sum(r["test_predicted_grades"]) == 60 for r in rows)
+    cls = [_paired_probabilities(100, 11), _paired_probabilities(40, 6), _paired_probabilities(30, 7)]
+    rows = components("classification", by_tta(cls[1]), by_tta(cls[2]), by_tta(cls[0]))
+    assert [(r["decode"], r["patient_blend"]) for r in rows[:4]] == [("argmax", False), ("argmax", True), ("expected", False), ("expected", True)]
+    assert len(rows) == 8 and not any("error" in r for r in rows)
+    # Training outputs missing a grade: the blend rows say why, the others are still scored.
+    without_four = cls[0].take(np.flatnonzero(cls[0].labels < 4))
+    rows = components("classification", by_tta(cls[1]), by_tta(cls[2]), by_tta(without_four))
+    assert [("error" in r) for r in rows[:4]] == [False, True, False, True]
+    assert "[4] have none" in rows[1]["error"]
 
 
 def test_tta_views_keep_the_batch_shape_and_flip_each_axis() -> None:

@@ -41,9 +41,9 @@ def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path
         assert "auc" in metrics["referable"] and set(metrics["referable"]["operating_points"]) == {"high_sensitivity", "high_specificity"}
         assert metrics["grading"]["head"] == "classification" and metrics["grading"]["tta"] == "none"
         assert "applied" in metrics["grading"]["refit"]  # the train stage's record of the classifier refit
-        # argmax, expected, expected + blend, each without and with flips TTA
+        # argmax and expected grade, each without and with the two-eye blend, without and with flips TTA
         assert [(c["decode"], c["patient_blend"], c["tta"]) for c in metrics["components"]] == [
-            (d, b, t) for t in ("none", "flips") for d, b in (("argmax", False), ("expected", False), ("expected", True))]
+            (d, b, t) for t in ("none", "flips") for d in ("argmax", "expected") for b in (False, True)]
     figures = sorted(p.name for p in (repo / "metrics" / "figures").glob("*.png"))
     assert figures == ["accuracy_resnet18.png", "accuracy_resnet50.png", "confusion_resnet18.png", "confusion_resnet50.png",
                        "roc_referable.png", "roc_sight_threatening.png", "summary.png"]

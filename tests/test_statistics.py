@@ -200,3 +200,23 @@ def test_paired_difference_names_a_seed_with_the_wrong_length() -> None:
     y_true, a = graded_pairs(np.arange(10) < 5)
     with pytest.raises(ValueError, match="model B, seed 1"):
         paired_difference(fast_accuracy, y_true, [a], [a, a[:-2]], two_eyes(10))
+
+
+def test_paired_seeds_keep_a_constant_per_network_gain_apart_from_seed_spread() -> None:
+    # Three networks (seeds) of very different accuracy, each graded two ways; the second way gets 5 more
+    # patients right on every network. Seeds drawn once for both arms: every replicate's difference stays
+    # near +0.05. Drawn apart, the networks' spread (60-100%) swamps it.
+    rng = np.random.default_rng(10)
+    y_true, _ = graded_pairs(np.ones(100, dtype=bool))
+    orders = [rng.permutation(100) for _ in range(3)]
+    worse = [graded_pairs(order < k)[1] for order, k in zip(orders, (55, 75, 95))]
+    better = [graded_pairs(order < k + 5)[1] for order, k in zip(orders, (55, 75, 95))]
+    patients = two_eyes(100)
+    paired = paired_difference(fast_accuracy, y_true, better, worse, patients, n_resamples=300, paired_seeds=True)
+    apart = paired_difference(fast_accuracy, y_true, better, worse, patients, n_resamples=300)
+    assert paired["difference"] == pytest.approx(apart["difference"]) == pytest.approx(0.05)
+    assert paired["low"] > 0 and paired["verdict"].startswith("A better than B")
+    assert apart["low"] < 0  # the unpaired draw cannot see it
+    assert "seeds paired" in paired["accounts_for"]
+    with pytest.raises(ValueError, match="paired seeds need as many outputs"):
+        paired_difference(fast_accuracy, y_true, better, worse[:2], patients, paired_seeds=True)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import optimize
 from scipy.special import expit
-from sklearn.linear_model import LinearRegression
+from sklearn.linear_model import LogisticRegression
 
 from retinopathy import NUM_CLASSES
 from retinopathy.metrics import quadratic_weighted_kappa
@@ -181,57 +181,107 @@ class Decoder:
 
 @dataclass
 class PatientBlend:
-    """Each eye graded from its own score and its partner's (Kaggle 2015 2nd place, team o_O).
+    """Each eye graded from its own outputs and its partner's (Kaggle 2015 2nd place, team o_O).
 
-    Two least-squares fits of the grade on validation data (scikit-learn): ``[own, other]`` for eyes
-    whose partner was photographed, ``[own]`` for eyes alone; the blended score is cut into grades at
-    cut-points tuned on the same validation eyes. Fitted on validation only, applied unchanged to test.
+    Two multinomial logistic regressions (scikit-learn, L-BFGS, L2 strength ``1 / c``, each grade
+    weighted as training weighted it) give blended p0..p4: one on ``[own, partner]`` for eyes whose
+    partner is in the set, one on ``[own]`` for eyes alone. An eye's outputs enter as its log
+    probabilities (classification head, 5 values) or its score (regression head, 1 value).
+
+    They are fitted on the outputs of the *training* images, never on test. A 5-grade blend has
+    55 coefficients; the default validation set (72 patients, 2-4 eyes of each of grades 3 and 4)
+    cannot fit that many, while the 428 training patients can, and validation then scores the blend
+    untouched. Training outputs are in-sample for the network, so the blend learns to trust an eye's
+    own outputs at least as much as held-out data would have taught it: it errs towards the eye alone.
     """
 
-    both: LinearRegression = field(default_factory=LinearRegression)
-    alone: LinearRegression = field(default_factory=LinearRegression)
-    cutpoints: tuple[float, ...] = DEFAULT_CUTPOINTS
+    head: str = "classification"
+    c: float = 0.03
+    class_weights: np.ndarray | None = None
+    both: LogisticRegression | None = None
+    alone: LogisticRegression | None = None
+    paired_images: int = 0
+
+    def __post_init__(self) -> None:
+        check_head(self.head)
+        if not self.c > 0:
+            raise ValueError(f"evaluate.blend_c must be positive, got {self.c!r}")
+
+    def features(self, raw: np.ndarray) -> np.ndarray:
+        """Per-eye inputs: log probabilities (classification) or the score (regression)."""
+        raw = Decoder(head=self.head).check_outputs(raw)
+        return np.log(np.clip(raw, 1e-6, 1.0)) if self.head == "classification" else raw
 
     @staticmethod
-    def partner_scores(score: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
-        """The other eye's score for each image (NaN where the patient has no other eye in the set)."""
-        score = np.asarray(score, dtype=float)
-        key = {(p, e): s for p, e, s in zip(patients, eyes, score)}
-        counts: dict[tuple[str, str], int] = {}
-        for p, e in zip(patients, eyes):
-            counts[(p, e)] = counts.get((p, e), 0) + 1
-        repeated = [f"{p}_{e}" for (p, e), n in counts.items() if n > 1]
+    def partner_index(patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
+        """Row of each image's other eye, -1 where the patient has no other eye in the set."""
+        rows: dict[tuple[str, str], int] = {}
+        repeated = []
+        for i, key in enumerate(zip(patients, eyes)):
+            if key in rows:
+                repeated.append(f"{key[0]}_{key[1]}")
+            rows[key] = i
         if repeated:
             raise ValueError(f"images of the same eye appear more than once: {repeated[:5]}")
         other = {"left": "right", "right": "left"}
-        return np.array([key.get((p, other[e]), np.nan) for p, e in zip(patients, eyes)])
+        return np.array([rows.get((p, other.get(e, "")), -1) for p, e in zip(patients, eyes)], dtype=np.int64)
 
-    def fit(self, y: np.ndarray, score: np.ndarray, patients: Sequence[str], eyes: Sequence[str], *, seed: int = 0) -> "PatientBlend":
-        y, score = np.asarray(y, dtype=float), np.asarray(score, dtype=float)
-        partner = self.partner_scores(score, patients, eyes)
-        paired = np.isfinite(partner)
-        if paired.sum() < 2:
-            raise ValueError(f"the blend needs validation patients with both eyes; found {int(paired.sum())} paired eyes")
-        self.both.fit(np.column_stack([score[paired], partner[paired]]), y[paired])
-        self.alone.fit(score[:, None], y)
-        self.cutpoints = tuple(float(c) for c in tune_cutpoints(y.astype(np.int64), self.blended(score, patients, eyes), seed=seed))
+    def _design(self, raw: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        own = self.features(raw)
+        partner = self.partner_index(patients, eyes)
+        paired = partner >= 0
+        both = np.hstack([own, own[np.where(paired, partner, 0)]])
+        return both, paired
+
+    def _regression(self) -> LogisticRegression:
+        weight = None if self.class_weights is None else {k: float(w) for k, w in enumerate(self.class_weights)}
+        return LogisticRegression(C=self.c, class_weight=weight, max_iter=5000)
+
+    def fit(self, y: np.ndarray, raw: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> "PatientBlend":
+        """Fit on training images' labels and outputs.
+
+        Raises:
+            ValueError: fewer than 2 paired eyes, or a grade missing from the images (the blend could never give it).
+        """
+        y = np.asarray(y, dtype=np.int64)
+        both, paired = self._design(raw, patients, eyes)
+        missing = sorted(set(range(NUM_CLASSES)) - set(y.tolist()))
+        if missing:
+            raise ValueError(f"the blend needs training images of every grade; grade(s) {missing} have none")
+        if paired.sum() < 2 or len(set(y[paired].tolist())) < 2:
+            raise ValueError(f"the blend needs training patients with both eyes; found {int(paired.sum())} paired eyes")
+        self.both = self._regression().fit(both[paired], y[paired])
+        self.alone = self._regression().fit(both[:, : both.shape[1] // 2], y)
+        self.paired_images = int(paired.sum())
         return self
 
-    def blended(self, score: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
-        score = np.asarray(score, dtype=float)
-        partner = self.partner_scores(score, patients, eyes)
-        paired = np.isfinite(partner)
-        out = self.alone.predict(score[:, None])
+    def probabilities(self, raw: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
+        """Blended p0..p4 (N, 5): the two-eye fit where the partner is in the set, the one-eye fit elsewhere."""
+        if self.both is None or self.alone is None:
+            raise ValueError("the blend is not fitted")
+        both, paired = self._design(raw, patients, eyes)
+        out = _full_probabilities(self.alone, both[:, : both.shape[1] // 2])
         if paired.any():
-            out[paired] = self.both.predict(np.column_stack([score[paired], partner[paired]]))
+            out[paired] = _full_probabilities(self.both, both[paired])
         return out
 
-    def grades(self, score: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
-        return cut(self.blended(score, patients, eyes), self.cutpoints)
-
     def to_dict(self) -> dict[str, Any]:
+        if self.both is None or self.alone is None:
+            return {"fitted": False}
+        half = self.both.coef_.shape[1] // 2
+        own, other = np.linalg.norm(self.both.coef_[:, :half]), np.linalg.norm(self.both.coef_[:, half:])
         return {
-            "both_eyes": {"own": float(self.both.coef_[0]), "other": float(self.both.coef_[1]), "intercept": float(self.both.intercept_)},
-            "one_eye": {"own": float(self.alone.coef_[0]), "intercept": float(self.alone.intercept_)},
-            "cutpoints": [float(c) for c in self.cutpoints],
+            "fitted_on": "training images' outputs",
+            "c": self.c,
+            "inputs": "log p0..p4" if self.head == "classification" else "score",
+            "paired_images": self.paired_images,
+            # How much the partner's outputs weigh against the eye's own, as the ratio of coefficient norms.
+            "partner_to_own_weight": round(float(other / own), 4) if own > 0 else None,
         }
+
+
+def _full_probabilities(model: LogisticRegression, x: np.ndarray) -> np.ndarray:
+    """``predict_proba`` spread over all grades (the fit saw every grade, so its classes are 0..4)."""
+    out = np.zeros((len(x), NUM_CLASSES))
+    out[:, model.classes_] = model.predict_proba(x)
+    return out

@@ -1,11 +1,12 @@
 """Stage evaluate@<variant>: a trained model's test metrics with patient-bootstrap intervals, screening
 metrics at operating points chosen on validation, and per-image predictions.
 
-Everything fitted after training (cut-points, the two-eye blend, screening thresholds) is fitted on
-validation predictions only and applied unchanged to test. The ``components`` block grades the same
-model every way the pipeline offers (argmax or tuned cut-points, flips TTA or not, the two-eye blend
-or not) so that each piece's contribution can be read off: its validation figures come from a 2-fold
-split of the validation patients (fit on one half, score the other, and back), so tuning never scores
+Nothing is fitted on test. Cut-points and screening thresholds are fitted on validation predictions;
+the two-eye blend on the training images' outputs (see :class:`retinopathy.decoding.PatientBlend`), so
+validation scores it untouched. The ``components`` block grades the same model every way the pipeline
+offers (argmax or tuned cut-points, flips TTA or not, the two-eye blend or not) so that each piece's
+contribution can be read off: its validation figures come from a 2-fold split of the validation
+patients (cut-points fitted on one half, scored on the other, and back), so tuning never scores
 itself; its test figures fit on all of validation.
 """
 
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from retinopathy import GRADES
-from retinopathy.data import build_transform, make_loader, patient_of, processed_dataset
+from retinopathy.data import build_transform, class_weight_values, make_loader, patient_of, processed_dataset
 from retinopathy.decoding import Decoder, PatientBlend
 from retinopathy.inference import TTA, load_model, model_decoder, predict
 from retinopathy.metrics import (
@@ -51,7 +52,8 @@ class EvalSettings:
     confidence: float = 0.95
     bootstrap_seed: int = 0
     tta: str = "none"  # none | flips: the mean over the image and its horizontal, vertical and double flips
-    patient_blend: bool = False  # grade each eye from its own score and its partner's (fitted on validation)
+    patient_blend: bool = False  # grade each eye from its own outputs and its partner's (fitted on training outputs)
+    blend_c: float = 0.03  # the blend's inverse L2 strength (logistic regressions)
 
 
 def eye_of(image: str) -> str:
@@ -80,13 +82,41 @@ class Split:
         return Split([self.names[i] for i in index], self.raw[index], self.labels[index])
 
 
-def grade_with(decoder: Decoder, fit: Split, apply: Split, *, blend: bool) -> tuple[np.ndarray, dict[str, Any]]:
-    """Grades of ``apply`` with ``decoder``'s cut-points (and the blend) fitted on ``fit`` alone, and what was fitted."""
-    tuned = decoder.fitted(fit.labels, fit.raw)
-    if not blend:
-        return tuned.grades(apply.raw), {"decoder": tuned.to_dict()}
-    model = PatientBlend().fit(fit.labels, tuned.score(fit.raw), fit.patients, fit.eyes)
-    return model.grades(tuned.score(apply.raw), apply.patients, apply.eyes), {"decoder": tuned.to_dict(), "blend": model.to_dict()}
+def grade_with(
+    decoder: Decoder, fit: Split, apply: Split, *, blend: PatientBlend | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Grades and p0..p4 of ``apply``, with ``decoder``'s cut-points fitted on ``fit`` alone, and what was fitted.
+
+    With a (fitted) ``blend`` the blended probabilities are decoded instead of the model's: by argmax
+    for a classification head decoded by argmax, else by their expected grade cut at cut-points fitted on ``fit``.
+    """
+    if blend is None:
+        tuned = decoder.fitted(fit.labels, fit.raw)
+        return tuned.grades(apply.raw), tuned.probabilities(apply.raw), {"decoder": tuned.to_dict()}
+    on_probs = Decoder("classification", decoder.decode if decoder.head == "classification" else "expected")
+    tuned = on_probs.fitted(fit.labels, blend.probabilities(fit.raw, fit.patients, fit.eyes))
+    probs = blend.probabilities(apply.raw, apply.patients, apply.eyes)
+    return tuned.grades(probs), probs, {"decoder": tuned.to_dict(), "blend": blend.to_dict()}
+
+
+def split_outputs(
+    model: Any, meta: dict[str, Any], data_dir: str | os.PathLike[str], split: str, device: Any, *,
+    batch_size: int = 64, num_workers: int = 0, precision: str = "fp32", ttas: tuple[str, ...] = tuple(TTA),
+) -> dict[str, Split]:
+    """A loaded model's outputs on one processed split (un-augmented), per TTA setting."""
+    transform = build_transform(mean=meta["mean"], std=meta["std"], train=False)
+    dataset = processed_dataset(data_dir, split, transform)
+    loader = make_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers, generator=None, device=device)
+    out = {}
+    for tta in ttas:
+        raw, labels = predict(model, loader, device, precision=precision, desc=f"{split} (tta {tta})", head=meta["head"], tta=tta)
+        out[tta] = Split(list(dataset.names), raw, labels)
+    return out
+
+
+def fit_blend(head: str, train: Split, *, c: float, class_weights: np.ndarray | None) -> PatientBlend:
+    """The two-eye blend fitted on the training images' outputs (ValueError when they cannot fit it)."""
+    return PatientBlend(head, c, class_weights).fit(train.labels, train.raw, train.patients, train.eyes)
 
 
 def _grade_scores(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
@@ -101,29 +131,40 @@ def _patient_folds(split: Split, seed: int) -> list[np.ndarray]:
     return [np.flatnonzero(first), np.flatnonzero(~first)]
 
 
-def components(head: str, val: dict[str, Split], test: dict[str, Split], *, seed: int = 0) -> list[dict[str, Any]]:
+def components(
+    head: str, val: dict[str, Split], test: dict[str, Split], train: dict[str, Split], *, seed: int = 0,
+    blend_c: float = 0.03, class_weights: np.ndarray | None = None,
+) -> list[dict[str, Any]]:
     """Every grading setup of one model on validation (2-fold over patients) and test (fitted on validation).
 
     Args:
         head: the model's head.
-        val, test: outputs per TTA setting (``"none"``, ``"flips"``).
+        val, test, train: outputs per TTA setting (``"none"``, ``"flips"``); the blend is fitted on ``train``.
+        blend_c, class_weights: the blend's regularisation and per-grade weights.
     """
     decodes = ["argmax", "expected"] if head == "classification" else ["expected"]
     rows = []
     for tta in val:
+        try:
+            blend: PatientBlend | None = fit_blend(head, train[tta], c=blend_c, class_weights=class_weights)
+            blend_error = ""
+        except ValueError as exc:  # e.g. a label fraction whose training images miss a grade
+            blend, blend_error = None, str(exc)
         for decode in decodes:
-            for blend in (False, True):
-                if blend and decode == "argmax":
-                    continue  # the blend works on a continuous score, so it always ends in tuned cut-points
+            for blended in (False, True):
                 decoder = Decoder(head=head, decode=decode)
-                row: dict[str, Any] = {"tta": tta, "decode": "cut-points" if head == "regression" else decode, "patient_blend": blend}
+                row: dict[str, Any] = {"tta": tta, "decode": "cut-points" if head == "regression" else decode, "patient_blend": blended}
+                if blended and blend is None:
+                    rows.append({**row, "error": blend_error})
+                    continue
+                use = blend if blended else None
                 try:
                     folds = _patient_folds(val[tta], seed)
                     val_preds = np.empty(len(val[tta].labels), dtype=np.int64)
                     for fit_idx, score_idx in (folds, folds[::-1]):
-                        val_preds[score_idx] = grade_with(decoder, val[tta].take(fit_idx), val[tta].take(score_idx), blend=blend)[0]
-                    test_preds, _ = grade_with(decoder, val[tta], test[tta], blend=blend)
-                except ValueError as exc:  # e.g. a validation half without a patient who has both eyes
+                        val_preds[score_idx] = grade_with(decoder, val[tta].take(fit_idx), val[tta].take(score_idx), blend=use)[0]
+                    test_preds = grade_with(decoder, val[tta], test[tta], blend=use)[0]
+                except ValueError as exc:  # e.g. a validation half too small to tune cut-points
                     rows.append({**row, "error": str(exc)})
                     continue
                 rows.append({
@@ -183,19 +224,26 @@ def evaluate_variant(
     num_workers: int = 0,
     precision: str = "auto",
     head: str | None = None,
+    class_weighting: str = "sqrt_inverse",
 ) -> dict[str, Any]:
-    """Predict validation and test with a trained model; write test metrics (with intervals) and test predictions.
+    """Predict training, validation and test images with a trained model; write test metrics (with intervals)
+    and test predictions.
 
     Intervals are percentile bootstraps over test *patients* (both eyes resampled together).
-    Validation predictions are used to fit what decoding needs (cut-points under TTA, the two-eye
-    blend) and to choose the screening thresholds; test predictions are never used to fit anything.
+    Validation predictions are used to fit cut-points (under TTA) and to choose the screening
+    thresholds; the two-eye blend is fitted on the training images' outputs, weighted per grade by
+    ``class_weighting`` as training was; test predictions are never used to fit anything. When the
+    blend cannot be fitted (a training set missing a grade) each eye is graded alone and the
+    evaluation JSON says why.
 
     Raises:
         ValueError: ``head`` (the params' head) differs from the head the model was trained with, naming
-            both; ``settings.tta`` is unknown.
+            both; ``settings.tta`` is unknown; ``settings.blend_c`` is not positive.
     """
     if settings.tta not in TTA:
         raise ValueError(f"evaluate.tta {settings.tta!r}; choose one of {list(TTA)}")
+    if not settings.blend_c > 0:
+        raise ValueError(f"evaluate.blend_c must be positive, got {settings.blend_c!r}")
     dev = select_device(device)
     model, meta = load_model(model_path, dev)
     decoder = model_decoder(meta)
@@ -203,22 +251,24 @@ def evaluate_variant(
         raise ValueError(f"{model_path} was trained with head {decoder.head!r} but params.yaml asks for head {head!r}; "
                          f"retrain it (dvc repro) or set head: {decoder.head}")
     resolved, _ = resolve_precision(precision, dev)
-    transform = build_transform(mean=meta["mean"], std=meta["std"], train=False)
-    splits: dict[str, dict[str, Split]] = {"val": {}, "test": {}}
-    for split in ("val", "test"):
-        dataset = processed_dataset(data_dir, split, transform)
-        loader = make_loader(dataset, batch_size=settings.batch_size, train=False, num_workers=num_workers, generator=None, device=dev)
-        for tta in TTA:
-            raw, labels = predict(model, loader, dev, precision=resolved, desc=f"{split} (tta {tta})", head=decoder.head, tta=tta)
-            splits[split][tta] = Split(list(dataset.names), raw, labels)
-    val, test = splits["val"][settings.tta], splits["test"][settings.tta]
+    splits = {split: split_outputs(model, meta, data_dir, split, dev, batch_size=settings.batch_size, num_workers=num_workers,
+                                   precision=resolved) for split in ("train", "val", "test")}
+    train, val, test = (splits[split][settings.tta] for split in ("train", "val", "test"))
+    class_weights = class_weight_values(splits["train"]["none"].labels, class_weighting)
     # The checkpoint's cut-points were tuned on validation outputs without TTA; under TTA they are tuned again,
     # on validation outputs with it.
     chosen = decoder if settings.tta == "none" else Decoder(decoder.head, decoder.decode).fitted(val.labels, val.raw)
-    preds, fitted = grade_with(chosen, val, test, blend=settings.patient_blend) if settings.patient_blend else (chosen.grades(test.raw), {"decoder": chosen.to_dict()})
-    names, labels = test.names, test.labels
-    probs = chosen.probabilities(test.raw)
-    val_probs, val_labels = chosen.probabilities(val.raw), val.labels
+    preds, probs, fitted = chosen.grades(test.raw), chosen.probabilities(test.raw), {"decoder": chosen.to_dict()}
+    val_probs = chosen.probabilities(val.raw)
+    if settings.patient_blend:
+        try:
+            blend = fit_blend(decoder.head, train, c=settings.blend_c, class_weights=class_weights)
+        except ValueError as exc:
+            fitted["blend"] = {"fitted": False, "reason": f"{exc}; each eye is graded alone"}
+        else:
+            preds, probs, fitted = grade_with(chosen, val, test, blend=blend)
+            val_probs = blend.probabilities(val.raw, val.patients, val.eyes)
+    names, labels, val_labels = test.names, test.labels, val.labels
     patients = np.asarray(test.patients)
     boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
     metrics: dict[str, Any] = summarize(labels, preds)
@@ -231,7 +281,8 @@ def evaluate_variant(
         # How the train stage left the last layer (retinopathy.refit); absent from model files made before it.
         "refit": meta.get("refit", {"applied": False, "reason": "the model file has no refit record"}),
     }
-    metrics["components"] = components(decoder.head, splits["val"], splits["test"], seed=settings.bootstrap_seed)
+    metrics["components"] = components(decoder.head, splits["val"], splits["test"], splits["train"], seed=settings.bootstrap_seed,
+                                       blend_c=settings.blend_c, class_weights=class_weights)
     metrics["referable"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=2)
     metrics["sight_threatening"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=3)
     metrics["bootstrap"] = {"unit": "patient", "patients": int(len(set(patients))), "resamples": settings.bootstrap_resamples,

@@ -63,6 +63,23 @@ def _configured_setup(grading: dict[str, Any]) -> str:
     return _setup_name({"decode": decode, "tta": grading["tta"], "patient_blend": grading["patient_blend"]})
 
 
+def _blend_lines(evals: dict[str, list[dict]]) -> list[str]:
+    """What each configured two-eye blend was fitted on (nothing when the blend is off)."""
+    first = next(iter(evals.values()))[0]["grading"]
+    if not first["patient_blend"]:
+        return []
+    lines = [f"Two-eye blend (logistic regressions on each eye's {first['blend'].get('inputs', 'outputs')} and its partner's, "
+             "fitted on the training images' outputs; the partner's weight is the ratio of its coefficients' norm to the eye's own):"]
+    for variant, runs in evals.items():
+        parts = []
+        for m in runs:
+            blend = m["grading"]["blend"]
+            parts.append(f"seed {m['seed']}: C {blend['c']:g}, {blend['paired_images']} paired images, partner's weight "
+                         f"{blend['partner_to_own_weight']:.2f}" if blend.get("fitted", True) else f"seed {m['seed']}: not fitted ({blend['reason']})")
+        lines.append(f"- {describe(variant)}: " + "; ".join(parts))
+    return [*lines, ""]
+
+
 def _refit_lines(evals: dict[str, list[dict]]) -> list[str]:
     """What the classifier refit (retinopathy.refit) did to each model: validation QWK before and after."""
     lines = ["Classifier refit (last layer refitted on the frozen training features after the chosen epoch; "
@@ -211,9 +228,10 @@ def write_report(
         f"The reported results grade with: {first['grading']['head']} head, "
         f"{_configured_setup(first['grading'])}"
         f" (test patients with one eye, graded from it alone: {first['grading']['test_patients_with_one_eye']}). "
-        "Every setup of the same models, QWK as validation (2-fold over validation patients: cut-points and blend fitted on one half, "
-        "scored on the other) / test (fitted on all of validation), and in brackets the test images predicted grade 4 "
-        "(mean over seeds). Choose on the validation figure.",
+        *_blend_lines(evals),
+        "Every setup of the same models, QWK as validation (2-fold over validation patients: cut-points fitted on one half, "
+        "scored on the other; the two-eye blend is fitted on the training images' outputs) / test (fitted on all of validation), "
+        "and in brackets the test images predicted grade 4 (mean over seeds). Choose on the validation figure.",
         "",
         *_grading_table(evals),
         "",

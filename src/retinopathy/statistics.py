@@ -200,6 +200,7 @@ def paired_difference(
     seed: int = 0,
     names: tuple[str, str] = ("A", "B"),
     higher_is_better: bool = True,
+    paired_seeds: bool = False,
 ) -> dict[str, Any]:
     """Difference in ``metric`` between models A and B on the same test images, with a two-level interval.
 
@@ -220,6 +221,8 @@ def paired_difference(
         seed: Seeds the resampling.
         names: How A and B are called in the verdict.
         higher_is_better: Whether a higher metric is better (for the verdict).
+        paired_seeds: A's and B's i-th outputs come from the same trained network (e.g. graded two ways),
+            so each replicate draws one list of seeds for both arms; the arms need as many seeds.
 
     Returns:
         ``difference``, ``low``, ``high``, ``seeds_a``, ``seeds_b``, ``resamples`` (replicates drawn),
@@ -234,6 +237,8 @@ def paired_difference(
         for i, output in enumerate(arm):
             if len(output) != len(y_true):
                 raise ValueError(f"model {name}, seed {i}: {len(output)} outputs for {len(y_true)} images")
+    if paired_seeds and len(arms[0]) != len(arms[1]):
+        raise ValueError(f"paired seeds need as many outputs for {names[0]} ({len(arms[0])}) as for {names[1]} ({len(arms[1])})")
     index = _PatientIndex(patients, len(y_true))
 
     def arm_scores(arm: list[np.ndarray], images: np.ndarray) -> np.ndarray:
@@ -250,12 +255,18 @@ def paired_difference(
         images = index.gather(rng.integers(0, index.n_patients, index.n_patients))
         # Each seed's metric is computed once on the resampled patients and weighted by how often the seed
         # was drawn: the same as evaluating the resampled list of seeds, with fewer metric calls.
-        means = [np.average(arm_scores(arm, images), weights=_seed_weights(rng, len(arm))) for arm in arms]
-        replicates[r] = means[0] - means[1]
+        if paired_seeds:
+            weights = _seed_weights(rng, len(arms[0]))
+            replicates[r] = np.average(arm_scores(arms[0], images) - arm_scores(arms[1], images), weights=weights)
+        else:
+            means = [np.average(arm_scores(arm, images), weights=_seed_weights(rng, len(arm))) for arm in arms]
+            replicates[r] = means[0] - means[1]
     low, high, dropped = _percentile_interval(replicates, confidence)
 
     seeds_a, seeds_b = len(arms[0]), len(arms[1])
-    if seeds_a >= 2 and seeds_b >= 2:
+    if paired_seeds and seeds_a >= 2:
+        accounts_for = f"{SEEDS_AND_PATIENTS}, the seeds paired (one network per seed, graded both ways)"
+    elif seeds_a >= 2 and seeds_b >= 2:
         accounts_for = SEEDS_AND_PATIENTS
     elif seeds_a < 2 and seeds_b < 2:
         accounts_for = PATIENTS_ONLY
