@@ -32,9 +32,9 @@ from retinopathy.inference import load_model
 from retinopathy.metrics import accuracy, macro_f1, quadratic_weighted_kappa
 from retinopathy.params import load_params
 from retinopathy.precision import cpu_info
-from retinopathy.refit import refit_classifier
+from retinopathy.refit import refit_on_training_images
 from retinopathy.statistics import paired_difference
-from retinopathy.data import CLASS_WEIGHTING, build_transform, class_weight_values, make_loader, processed_dataset
+from retinopathy.data import CLASS_WEIGHTING, class_weight_values, processed_dataset
 from retinopathy.training import TrainConfig
 from retinopathy.utils import save_checkpoint, select_device, write_json
 from retinopathy.variants import train_variant
@@ -140,9 +140,9 @@ def _refitted_copy(src: str, dst: str, data_dir: str, weighting: str, c: float, 
     """Copy of the model file at ``src`` with its last layer refitted as the train stage would (refit_c = ``c``)."""
     dev = select_device(device)
     model, meta = load_model(src, dev)
-    dataset = processed_dataset(data_dir, "train", build_transform(mean=meta["mean"], std=meta["std"], train=False))
-    loader = make_loader(dataset, batch_size=64, train=False, num_workers=0, generator=None, device=dev)
-    record = refit_classifier(model, loader, dev, class_weights=class_weight_values(dataset.labels, weighting), c=c)
+    labels = processed_dataset(data_dir, "train", None).labels
+    record = refit_on_training_images(model, data_dir, dev, mean=meta["mean"], std=meta["std"],
+                                      class_weights=class_weight_values(labels, weighting), c=c, batch_size=64)
     # load_model's metadata is the checkpoint less its weights: the file is read once.
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     save_checkpoint(dst, {**meta, "state_dict": state, "refit": record})

@@ -7,12 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+from retinopathy.data import CLASS_WEIGHTING
 from retinopathy.decoding import DECODINGS, HEADS
 from retinopathy.distributed import torchrun_command, under_torchrun
 from retinopathy.models import ARCHITECTURES
 from retinopathy.params import ParamsError, check_known, get, load_params
 from retinopathy.precision import PRECISIONS
-from retinopathy.data import CLASS_WEIGHTING
 from retinopathy.training import OPTIMIZERS, SCHEDULES, SELECT_ON, TrainConfig
 from retinopathy.variants import train_variant
 

@@ -11,8 +11,8 @@ import torchvision
 from torchvision.models import ResNet18_Weights
 
 from retinopathy.data import build_transform, processed_dataset
-from retinopathy.models import resnet18
-from retinopathy.pretraining import imagenet_state_dict, load_backbone, rotation_pretrain
+from retinopathy.models import load_backbone, resnet18
+from retinopathy.pretraining import imagenet_state_dict, rotation_pretrain
 from retinopathy.data import make_loader
 
 

@@ -21,7 +21,7 @@ anywhere else (a checkpoint, a user) are checked and refused when not increasing
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np

@@ -7,7 +7,6 @@ accuracy curves average them per epoch, and the summary bars show the mean with 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np

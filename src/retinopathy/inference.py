@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -152,11 +152,17 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The head's outputs for every image (see :func:`outputs`) and the loader's labels, in loader order."""
     model.eval()
-    raw, labels = [], []
+    return over_loader(loader, lambda images: outputs(model, images, device, precision=precision, head=head, tta=tta), desc=desc)
+
+
+@torch.no_grad()
+def over_loader(loader: DataLoader, fn: Callable[[torch.Tensor], torch.Tensor], *, desc: str) -> tuple[np.ndarray, np.ndarray]:
+    """``fn`` of every batch (CPU tensors) concatenated, and the loader's labels, in loader order, with a progress bar."""
+    out, labels = [], []
     for images, batch_labels in tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True):
-        raw.append(outputs(model, images, device, precision=precision, head=head, tta=tta))
+        out.append(fn(images))
         labels.append(torch.as_tensor(batch_labels))
-    return torch.cat(raw).numpy(), torch.cat(labels).numpy()
+    return torch.cat(out).numpy(), torch.cat(labels).numpy()
 
 
 def tta_views(images: torch.Tensor, tta: str) -> list[torch.Tensor]:
@@ -177,14 +183,15 @@ def outputs(
 ) -> torch.Tensor:
     """One batch's outputs on the CPU, in fp32: softmax probabilities (N, 5) for a classification head, the
     grade (N, 1) for a regression head; with ``tta="flips"`` the mean over the image and its flips."""
+    views = tta_views(images, tta)
     total = None
-    for view in tta_views(images, tta):
+    for view in views:
         view = view.to(device, non_blocking=True, memory_format=memory_format_for(device))
         with autocast(device, precision):
             logits = model(view)
         out = torch.softmax(logits.float(), dim=1) if head == "classification" else logits.float()
         total = out if total is None else total + out
-    return (total / len(tta_views(images, tta))).cpu()
+    return (total / len(views)).cpu()
 
 
 @torch.no_grad()

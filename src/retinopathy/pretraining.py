@@ -22,7 +22,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
 from retinopathy.data import IMAGENET_MEAN, IMAGENET_STD, build_transform, make_loader, processed_dataset, read_stats
-from retinopathy.models import ResNet, backbone_state, build_model, load_backbone
+from retinopathy.models import ResNet, backbone_state, build_model
 from retinopathy.precision import autocast, hardware, resolve_precision
 from retinopathy.training import make_optimizer, make_schedule, train_one_epoch
 from retinopathy.startpoints import write_start_point

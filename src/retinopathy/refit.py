@@ -12,8 +12,9 @@ and the ONNX export need nothing new. Regression heads are left as they are.
 
 from __future__ import annotations
 
+import os
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -21,8 +22,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from retinopathy.data import build_transform, make_loader, processed_dataset
+from retinopathy.inference import over_loader
 from retinopathy.precision import autocast
 
 MAX_ITER = 5000
@@ -34,13 +36,13 @@ def pooled_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The pooled features before ``model.fc`` (N, D) in fp32 and the labels, in loader order."""
     model.eval()
-    feats, labels = [], []
-    for images, batch_labels in tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True):
+
+    def features(images: torch.Tensor) -> torch.Tensor:
         with autocast(device, precision):
-            out = model.forward_features(images.to(device))
-        feats.append(out.float().cpu())
-        labels.append(torch.as_tensor(batch_labels))
-    return torch.cat(feats).numpy().astype(np.float64), torch.cat(labels).numpy()
+            return model.forward_features(images.to(device)).float().cpu()
+
+    feats, labels = over_loader(loader, features, desc=desc)
+    return feats.astype(np.float64), labels
 
 
 def fit_classifier(
@@ -89,3 +91,13 @@ def refit_classifier(
         model.fc.weight.copy_(torch.as_tensor(coef, dtype=model.fc.weight.dtype))
         model.fc.bias.copy_(torch.as_tensor(intercept, dtype=model.fc.bias.dtype))
     return {"applied": True, **info}
+
+
+def refit_on_training_images(
+    model: nn.Module, data_dir: str | os.PathLike[str], device: torch.device, *, mean: Sequence[float], std: Sequence[float],
+    class_weights: np.ndarray | None, c: float, batch_size: int, num_workers: int = 0, precision: str = "fp32",
+) -> dict[str, Any]:
+    """:func:`refit_classifier` on the processed set's training images, without augmentation (as evaluation sees them)."""
+    dataset = processed_dataset(data_dir, "train", build_transform(mean=mean, std=std, train=False))
+    loader = make_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers, generator=None, device=device)
+    return refit_classifier(model, loader, device, class_weights=class_weights, c=c, precision=precision)

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from retinopathy.data import CLASS_WEIGHTING, class_weight_values
+from retinopathy.data import class_weight_values
 from retinopathy.decoding import DEFAULT_CUTPOINTS, Decoder, check_head
 from retinopathy.distributed import SINGLE, Distributed, broadcast, gather
 from retinopathy.inference import memory_format_for, predict

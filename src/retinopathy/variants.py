@@ -18,7 +18,7 @@ from retinopathy.inference import model_metadata, predict
 from retinopathy.metrics import quadratic_weighted_kappa
 from retinopathy.models import build_model, load_backbone
 from retinopathy.precision import hardware, resolve_precision
-from retinopathy.refit import refit_classifier
+from retinopathy.refit import refit_on_training_images
 from retinopathy.resume import ResumeCheckpoint, fingerprint
 from retinopathy.startpoints import read_start_point
 from retinopathy.training import TrainConfig, class_weights, fit
@@ -153,10 +153,8 @@ def train_variant(
             elif config.head != "classification":
                 refit_record = {"applied": False, "reason": f"{config.head} head (only a classification head is refitted)"}
             else:
-                train_plain = processed_dataset(data_dir, "train", eval_tf)
-                plain_loader = make_loader(train_plain, batch_size=config.batch_size, train=False, num_workers=config.num_workers,
-                                           generator=None, device=dev)
-                refit_record = refit_classifier(model, plain_loader, dev, class_weights=weights, c=refit_c, precision=precision)
+                refit_record = refit_on_training_images(model, data_dir, dev, mean=mean, std=std, class_weights=weights, c=refit_c,
+                                                        batch_size=config.batch_size, num_workers=config.num_workers, precision=precision)
             val_raw, val_labels = predict(model, loaders["val"], dev, precision=precision, desc="val (decoding)", head=config.head)
             if refit_record["applied"]:
                 refit_record["val_kappa_before"] = round(float(best["val_kappa"]), 4)
