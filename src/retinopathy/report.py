@@ -227,7 +227,8 @@ def write_report(
         "",
         f"The reported results grade with: {first['grading']['head']} head, "
         f"{_configured_setup(first['grading'])}"
-        f" (test patients with one eye, graded from it alone: {first['grading']['test_patients_with_one_eye']}). "
+        f" (test patients with one eye, graded from it alone: {first['grading']['test_patients_with_one_eye']}).",
+        "",
         *_blend_lines(evals),
         "Every setup of the same models, QWK as validation (2-fold over validation patients: cut-points fitted on one half, "
         "scored on the other; the two-eye blend is fitted on the training images' outputs) / test (fitted on all of validation), "
