@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from retinopathy.data import class_weight_values
+from retinopathy.decoding import Decoder
 from retinopathy.evaluation import fit_blend, grade_with, split_outputs
 from retinopathy.inference import load_model, model_decoder
 from retinopathy.metrics import accuracy, macro_f1, quadratic_weighted_kappa
@@ -60,6 +61,9 @@ def main() -> None:
     keys = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting", "select_on",
             "head", "decode", "num_workers", "precision"]
     base = TrainConfig(**{key: params[key] for key in keys})
+    if Decoder(head=base.head, decode=base.decode).uses_cutpoints:  # before any training, not after it
+        parser.error(f"{args.params}: head {base.head!r} with decode {base.decode!r} grades at cut-points tuned on validation; "
+                     "this benchmark scores validation directly, which only argmax decoding of a classification head allows")
     dev = select_device(params["device"])
     precision, _ = resolve_precision(params["precision"], dev)
     started = time.perf_counter()
@@ -83,7 +87,7 @@ def main() -> None:
             )
         model, meta = load_model(model_path, dev)
         decoder = model_decoder(meta)
-        if decoder.uses_cutpoints:
+        if decoder.uses_cutpoints:  # a reused model file made with other params
             raise SystemExit(f"{model_path}: decoded with cut-points; this benchmark scores validation directly, "
                              "which only an argmax decoding (decode: argmax, classification head) allows")
         outs = {split: split_outputs(model, meta, args.data, split, dev, precision=precision, ttas=("none",))["none"]

@@ -71,13 +71,15 @@ def _blend_lines(evals: dict[str, list[dict]]) -> list[str]:
     lines = [f"Two-eye blend (logistic regressions on each eye's {first['blend'].get('inputs', 'outputs')} and its partner's, "
              "fitted on the training images' outputs; the partner's weight is the ratio of its coefficients' norm to the eye's own):"]
     for variant, runs in evals.items():
-        parts = []
-        for m in runs:
-            blend = m["grading"]["blend"]
-            parts.append(f"seed {m['seed']}: C {blend['c']:g}, {blend['paired_images']} paired images, partner's weight "
-                         f"{blend['partner_to_own_weight']:.2f}" if blend.get("fitted", True) else f"seed {m['seed']}: not fitted ({blend['reason']})")
-        lines.append(f"- {describe(variant)}: " + "; ".join(parts))
+        lines.append(f"- {describe(variant)}: " + "; ".join(f"seed {m['seed']}: {_blend_fit(m['grading']['blend'])}" for m in runs))
     return [*lines, ""]
+
+
+def _blend_fit(blend: dict[str, Any]) -> str:
+    """One model's blend record (retinopathy.decoding.PatientBlend.to_dict, or why it was not fitted), in words."""
+    if not blend.get("fitted", True):
+        return f"not fitted ({blend['reason']})"
+    return f"C {blend['c']:g}, {blend['paired_images']} paired images, partner's weight {blend['partner_to_own_weight']:.2f}"
 
 
 def _refit_lines(evals: dict[str, list[dict]]) -> list[str]:
