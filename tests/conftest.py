@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from pathlib import Path
+from typing import Callable
 
 import pytest
+from PIL import Image
 
 from retinopathy.embedded import SyntheticSpec, write_synthetic_set
 from retinopathy.preprocessing import CropSettings, build_processed_set
@@ -35,3 +40,39 @@ def processed_dir(raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
         workers=1,
     )
     return out
+
+
+def write_png_claiming(path: Path, width: int, height: int) -> Path:
+    """A valid 1 x 1 PNG (about 70 bytes) whose IHDR claims ``width`` x ``height``, with a correct CRC: a decompression bomb's header."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (1, 1), (120, 60, 20)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    # After the 8-byte signature: IHDR's length (4), type (4, bytes 12..16), data (13, bytes 16..29), CRC of type + data (29..33).
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture
+def png_claiming() -> Callable[[Path, int, int], Path]:
+    """:func:`write_png_claiming`, for tests that need a tiny file with a huge header."""
+    return write_png_claiming
+
+
+@pytest.fixture
+def cpu_flags(monkeypatch: pytest.MonkeyPatch) -> Callable[[set[str]], None]:
+    """Make this process's CPU report the given /proc/cpuinfo flags, so ``precision: auto`` resolves the same
+    on every machine: ``cpu_flags({"amx_bf16"})`` is a CPU with native bf16, ``cpu_flags(set())`` one without.
+
+    Only this process: a subprocess (a stage, torchrun's workers) reads the real CPU, so tests that start one
+    set ``precision`` explicitly instead.
+    """
+    from retinopathy import precision
+
+    def report(flags: set[str]) -> None:
+        monkeypatch.setattr(precision, "cpu_info", lambda path="/proc/cpuinfo": ("Test CPU", set(flags)))
+
+    return report

@@ -1,11 +1,14 @@
-"""The `retinopathy` command: grading raw photographs the way training saw them, failures, heatmaps, ONNX."""
+"""The `retinopathy` command: grading raw photographs the way training saw them, failures, heatmaps, ONNX, and outputs that
+never write over what is read."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -13,11 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
+from retinopathy import grading
+from retinopathy import precision as precision_module
 from retinopathy.cli import main
 from retinopathy.data import FundusDataset, build_transform
-from retinopathy.inference import model_metadata, predict
+from retinopathy.images import MAX_PIXELS
+from retinopathy.inference import grading_precision, load_model, model_metadata, predict, prepare_photograph
 from retinopathy.models import resnet18
-from retinopathy.precision import resolve_precision
 from retinopathy.preprocessing import CropSettings, process_image
 from retinopathy.synthetic import render_fundus
 
@@ -66,8 +71,8 @@ def test_predict_matches_the_evaluate_path_on_processed_images(model_file: Path,
     dataset = FundusDataset(pd.DataFrame({"image": [p.stem for p in photos]}), processed, build_transform(mean=MEAN, std=STD, train=False), labelled=False)
     model = resnet18(num_classes=5)
     model.load_state_dict(torch.load(model_file, weights_only=True)["state_dict"])
-    precision, _ = resolve_precision("auto", torch.device("cpu"))
-    probs, _ = predict(model, torch.utils.data.DataLoader(dataset, batch_size=2), torch.device("cpu"), precision=precision)
+    # The model records fp32, so the evaluate stage graded it in fp32 (predict follows the model, not the machine).
+    probs, _ = predict(model, torch.utils.data.DataLoader(dataset, batch_size=2), torch.device("cpu"), precision="fp32")
     ours = graded.loc[[str(p) for p in photos], [f"p{g}" for g in range(5)]].to_numpy()
     assert np.abs(ours - probs).max() < 1e-5
     assert (graded.loc[[str(p) for p in photos], "grade"].to_numpy() == probs.argmax(1)).all()
@@ -80,7 +85,7 @@ def test_patient_grade_only_when_both_eyes_were_graded(model_file: Path, photos:
     frame = pd.read_csv(out, dtype={"patient": str}, keep_default_na=False).set_index("image")
     rows = {Path(image).name: row for image, row in frame.iterrows()}
     assert list(frame.index) == sorted(frame.index)  # a folder is read in sorted order
-    assert (rows["1_left.jpeg"]["patient"], rows["1_left.jpeg"]["eye"]) == ("1", "left")
+    assert (rows["1_left.jpeg"]["patient"], rows["1_left.jpeg"]["eye"]) == (str(photos[0].parent / "1"), "left")
     assert (rows["scan.png"]["patient"], rows["scan.png"]["eye"]) == ("", "")
     worse = max(rows["1_left.jpeg"]["grade"], rows["1_right.jpeg"]["grade"])
     assert rows["1_left.jpeg"]["patient_grade"] == rows["1_right.jpeg"]["patient_grade"] == str(worse)
@@ -121,8 +126,6 @@ def test_heatmaps_are_one_png_per_photograph_at_its_own_size(model_file: Path, p
 
 def test_onnx_export_gives_the_same_probabilities(model_file: Path, photos: list[Path], tmp_path: Path) -> None:
     import onnxruntime as ort
-
-    from retinopathy.inference import load_model, prepare_photograph
 
     out = tmp_path / "model.onnx"
     assert main(["export", str(model_file), "--onnx", str(out)]) == 0
@@ -174,3 +177,240 @@ def test_processed_set_records_the_crop_settings_models_copy(processed_dir: Path
     stats = json.loads((processed_dir / "stats.json").read_text())
     assert stats["crop"] == {"size": 32, "fov_threshold": 20, "graham": False, "graham_sigma": 1 / 30}
     assert {"mean", "std", "size"} <= set(stats)
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every entry under ``root`` (relative name -> bytes, None for a folder), to show a command left it exactly as it was."""
+    return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def photo_folder(photos: list[Path], tmp_path: Path) -> Path:
+    """A copy of the photographs in ``<tmp_path>/photos``, for tests that check it is left as it was."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for photo in photos:
+        shutil.copy(photo, folder / photo.name)
+    return folder
+
+
+def test_out_naming_the_input_folder_is_refused_and_every_photograph_is_kept(
+    model_file: Path, photo_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = _tree(photo_folder.parent)
+    assert main(["predict", str(model_file), str(photo_folder), "--out", str(photo_folder), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {photo_folder} is an existing directory" in err and "Traceback" not in err
+    assert _tree(photo_folder.parent) == before  # every photograph byte for byte, and no temporary beside them
+
+
+def test_out_naming_a_folder_of_other_files_is_refused_and_leaves_them(
+    model_file: Path, photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = tmp_path / "victim_dir"
+    (victim / "sub").mkdir(parents=True)
+    shutil.copy(photos[0], victim / "a.jpeg")
+    (victim / "sub" / "notes.txt").write_text("keep me\n")
+    before = _tree(tmp_path)
+    assert main(["predict", str(model_file), str(photos[1]), "--out", str(victim), "--device", "cpu"]) == 2
+    assert str(victim) in capsys.readouterr().err
+    assert _tree(tmp_path) == before
+
+
+# (INPUTs, options, the path the error must name); paths are relative to the test's folder, which holds
+# photos/ (the photographs and list.csv naming one of them), models/model.pt, heat/ (empty) and note.txt.
+COLLISIONS = {
+    "out-is-an-input-file": (["photos/1_left.jpeg"], ["--out", "photos/1_left.jpeg"], "photos/1_left.jpeg"),
+    "out-is-a-listed-image": (["photos/list.csv"], ["--out", "photos/1_right.jpeg"], "photos/1_right.jpeg"),
+    "out-is-the-csv-list": (["photos/list.csv"], ["--out", "photos/list.csv"], "photos/list.csv"),
+    "out-inside-the-input-folder": (["photos"], ["--out", "photos/grades.csv"], "photos/grades.csv"),
+    "out-is-the-model": (["photos/1_left.jpeg"], ["--out", "models/model.pt"], "models/model.pt"),
+    "out-inside-heatmaps": (["photos/1_left.jpeg"], ["--out", "heat/g.csv", "--heatmaps", "heat"], "heat/g.csv"),
+    "heatmaps-is-the-input-folder": (["photos"], ["--heatmaps", "photos"], "photos"),
+    "heatmaps-inside-the-input-folder": (["photos"], ["--heatmaps", "photos/heat"], "photos/heat"),
+    "heatmaps-contains-an-input": (["photos/1_left.jpeg"], ["--heatmaps", "photos"], "photos"),
+    "heatmaps-contains-the-model": (["photos/1_left.jpeg"], ["--heatmaps", "models"], "models"),
+    "heatmaps-is-a-file": (["photos/1_left.jpeg"], ["--heatmaps", "note.txt"], "note.txt"),
+}
+
+
+@pytest.mark.parametrize("case", list(COLLISIONS))
+def test_outputs_over_into_or_around_inputs_the_model_or_each_other_are_usage_errors(
+    case: str, model_file: Path, photo_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (photo_folder / "list.csv").write_text("image\n1_right.jpeg\n")
+    (tmp_path / "models").mkdir()
+    shutil.copy(model_file, tmp_path / "models" / "model.pt")
+    (tmp_path / "heat").mkdir()
+    (tmp_path / "note.txt").write_text("mine\n")
+    monkeypatch.chdir(tmp_path)
+    inputs, options, culprit = COLLISIONS[case]
+    options = options if "--out" in options else [*options, "--out", "elsewhere/g.csv"]
+    before = _tree(tmp_path)
+    assert main(["predict", "models/model.pt", *inputs, *options, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f" {culprit} " in err and "nothing was written" in err and "Traceback" not in err, err
+    assert _tree(tmp_path) == before
+
+
+def test_heatmaps_into_an_existing_folder_leave_its_other_files_alone(model_file: Path, photos: list[Path], tmp_path: Path) -> None:
+    heat = tmp_path / "heat"
+    (heat / "earlier").mkdir(parents=True)
+    (heat / "notes.txt").write_text("mine\n")
+    (heat / "earlier" / "x.png").write_bytes(b"not touched")
+    assert main(["predict", str(model_file), str(photos[0]), "--heatmaps", str(heat), "--out", str(tmp_path / "g.csv"), "--device", "cpu"]) == 0
+    assert sorted(str(p.relative_to(heat)) for p in heat.rglob("*")) == ["1_left.png", "earlier", "earlier/x.png", "notes.txt"]
+    assert (heat / "notes.txt").read_text() == "mine\n" and (heat / "earlier" / "x.png").read_bytes() == b"not touched"
+
+
+EXPORT_COLLISIONS = ("onnx-is-an-existing-dir", "onnx-is-the-model", "sidecar-is-an-existing-dir", "sidecar-is-the-model")
+
+
+@pytest.mark.parametrize("case", EXPORT_COLLISIONS)
+def test_export_onto_a_folder_or_the_model_is_a_usage_error(
+    case: str, model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / ("m.json" if case == "sidecar-is-the-model" else "model.pt")
+    shutil.copy(model_file, model)
+    onnx = {"onnx-is-an-existing-dir": tmp_path / "existing_dir", "onnx-is-the-model": model}.get(case, tmp_path / "m.onnx")
+    culprit = {"onnx-is-an-existing-dir": onnx, "onnx-is-the-model": model, "sidecar-is-an-existing-dir": tmp_path / "m.json",
+               "sidecar-is-the-model": model}[case]
+    if case.endswith("existing-dir"):
+        (culprit / "sub").mkdir(parents=True)
+        (culprit / "sub" / "keep.txt").write_text("keep me\n")
+    before = _tree(tmp_path)
+    assert main(["export", str(model), "--onnx", str(onnx)]) == 2
+    err = capsys.readouterr().err
+    assert str(culprit) in err and "Traceback" not in err
+    assert _tree(tmp_path) == before
+
+
+def test_a_decompression_bomb_is_named_and_the_other_photographs_are_graded(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], png_claiming: Callable[[Path, int, int], Path]
+) -> None:
+    folder = tmp_path / "mixed"
+    good = [_photograph(folder / "5_left.jpeg", 1, 7), _photograph(folder / "5_right.png", 2, 8, "right")]
+    bomb = png_claiming(folder / "bomb.png", 20000, 10000)  # 69 bytes claiming 200 megapixels
+    out, heat = tmp_path / "grades.csv", tmp_path / "heat"
+    code = main(["predict", str(model_file), str(folder), "--out", str(out), "--heatmaps", str(heat), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"cannot grade image {bomb} is too large to decode" in err and "Traceback" not in err, err
+    assert sorted(pd.read_csv(out)["image"]) == sorted(map(str, good))
+    assert sorted(p.name for p in heat.iterdir()) == ["5_left.png", "5_right.png"]
+
+
+def test_an_exception_of_any_kind_while_reading_one_photograph_fails_only_that_one(
+    model_file: Path, photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = grading.photograph_input
+
+    def photograph_input(path: Path, meta: dict) -> tuple:
+        if Path(path) == photos[1]:
+            raise MemoryError("cannot allocate the frame")
+        return real(path, meta)
+
+    monkeypatch.setattr(grading, "photograph_input", photograph_input)
+    out = tmp_path / "grades.csv"
+    assert main(["predict", str(model_file), *map(str, photos), "--out", str(out), "--device", "cpu"]) == 1
+    assert f"cannot grade {photos[1]}: MemoryError: cannot allocate the frame" in capsys.readouterr().err
+    assert sorted(pd.read_csv(out)["image"]) == sorted(str(p) for p in photos if p != photos[1])
+
+
+def test_a_heatmap_that_cannot_be_drawn_fails_only_its_photograph(
+    model_file: Path, photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = grading.heatmap_overlay
+
+    def heatmap_overlay(path: Path, cropped: object, cam: np.ndarray) -> Image.Image:
+        if Path(path) == photos[0]:
+            raise OSError("photograph changed on disk")
+        return real(path, cropped, cam)
+
+    monkeypatch.setattr(grading, "heatmap_overlay", heatmap_overlay)
+    out, heat = tmp_path / "grades.csv", tmp_path / "heat"
+    assert main(["predict", str(model_file), *map(str, photos), "--out", str(out), "--heatmaps", str(heat), "--device", "cpu"]) == 1
+    assert f"cannot grade {photos[0]}: heatmap not written: photograph changed on disk" in capsys.readouterr().err
+    assert sorted(pd.read_csv(out)["image"]) == sorted(str(p) for p in photos[1:])
+    assert sorted(p.name for p in heat.iterdir()) == sorted(f"{p.stem}.png" for p in photos[1:])
+
+
+def test_a_run_that_grades_nothing_leaves_no_rows_of_an_earlier_run(model_file: Path, photos: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "grades.csv"
+    assert main(["predict", str(model_file), str(photos[0]), "--out", str(out), "--device", "cpu"]) == 0
+    assert len(pd.read_csv(out)) == 1
+    (tmp_path / "broken.jpeg").write_text("not a photograph\n")
+    assert main(["predict", str(model_file), str(tmp_path / "broken.jpeg"), "--out", str(out), "--device", "cpu"]) == 1
+    frame = pd.read_csv(out)
+    assert len(frame) == 0 and "p_referable" in frame.columns
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_a_usage_error_naming_the_device(
+    model_file: Path, photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "g.csv"
+    assert main(["predict", str(model_file), str(photos[0]), "--out", str(out), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "device 'cuda'" in err and "no CUDA device" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_photographs_in_different_folders_are_different_patients(model_file: Path, tmp_path: Path) -> None:
+    alone = _photograph(tmp_path / "clinicA" / "10_left.jpeg", 4, 11)
+    pair = [_photograph(tmp_path / "clinicB" / "10_left.jpeg", 0, 12), _photograph(tmp_path / "clinicB" / "10_right.jpeg", 1, 13, "right")]
+    one_eye_twice = [_photograph(tmp_path / "clinicC" / "11_left.jpeg", 2, 14), _photograph(tmp_path / "clinicC" / "11_left.png", 3, 15)]
+    out = tmp_path / "grades.csv"
+    assert main(["predict", str(model_file), *map(str, [alone, *pair, *one_eye_twice]), "--out", str(out), "--device", "cpu"]) == 0
+    frame = pd.read_csv(out, dtype={"patient": str, "patient_grade": str}, keep_default_na=False).set_index("image")
+    row = {path: frame.loc[str(path)] for path in [alone, *pair, *one_eye_twice]}
+    assert row[alone]["patient"] == str(tmp_path / "clinicA" / "10")
+    assert row[pair[0]]["patient"] == row[pair[1]]["patient"] == str(tmp_path / "clinicB" / "10")
+    assert row[alone]["patient_grade"] == ""  # one eye of its own patient, whatever clinicB's patient 10 shows
+    worse = max(row[pair[0]]["grade"], row[pair[1]]["grade"])
+    assert row[pair[0]]["patient_grade"] == row[pair[1]]["patient_grade"] == str(worse)
+    assert row[one_eye_twice[0]]["patient_grade"] == row[one_eye_twice[1]]["patient_grade"] == ""  # two photographs of one eye
+
+
+def _direct_probabilities(model_file: Path, photos: list[Path], precision: str) -> np.ndarray:
+    """Softmax of one forward pass over ``photos``, in fp32 or under bf16 autocast, without the grading code."""
+    model, meta = load_model(model_file, torch.device("cpu"))
+    batch = torch.stack([prepare_photograph(p, meta) for p in photos])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        return torch.softmax(model(batch).float(), dim=1).numpy()
+
+
+@pytest.mark.parametrize(("recorded", "native", "expected"), [("fp32", True, "fp32"), ("bf16", False, "fp32"), ("bf16", True, "bf16")],
+                         ids=["fp32-model-on-a-bf16-machine", "bf16-model-without-native-bf16", "bf16-model-with-native-bf16"])
+def test_predict_grades_in_the_models_precision_where_the_machine_runs_it_natively(
+    recorded: str, native: bool, expected: str, model_file: Path, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tmp_path / "model.pt"
+    torch.save({**torch.load(model_file, weights_only=True), "precision": recorded}, model)
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device, cpu_flags=None: (native, "pretended for the test"))
+    out = tmp_path / "grades.csv"
+    assert main(["predict", str(model), *map(str, photos), "--out", str(out), "--device", "cpu"]) == 0
+    graded = pd.read_csv(out).set_index("image").loc[[str(p) for p in photos], [f"p{g}" for g in range(5)]].to_numpy()
+    fp32, bf16 = _direct_probabilities(model, photos, "fp32"), _direct_probabilities(model, photos, "bf16")
+    assert np.abs(bf16 - fp32).max() > 1e-4  # the two are told apart by the CSV's six decimals
+    assert np.abs(graded - (fp32 if expected == "fp32" else bf16)).max() < 1e-5
+
+
+@pytest.mark.parametrize(("recorded", "device", "native", "expected"), [
+    ("fp32", "cpu", True, "fp32"), ("bf16", "cpu", False, "fp32"), ("bf16", "cpu", True, "bf16"), ("fp16", "cpu", True, "fp32"),
+])
+def test_grading_precision_is_the_recorded_one_only_where_the_device_runs_it(
+    recorded: str, device: str, native: bool, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device, cpu_flags=None: (native, "pretended for the test"))
+    assert grading_precision({"precision": recorded}, torch.device(device))[0] == expected
+
+
+def test_a_model_recording_an_unknown_precision_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match=r"models/odd\.pt records precision 'int8'"):
+        grading_precision({"precision": "int8"}, torch.device("cpu"), model_path="models/odd.pt")
+
+
+def test_predict_help_states_the_pixel_limit_in_force(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["predict", "--help"]) == 0
+    assert f"over {MAX_PIXELS // 1_000_000} megapixels" in capsys.readouterr().out

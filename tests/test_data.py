@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 
 from retinopathy.data import FundusDataset, build_transform, patient_of, processed_dataset, split_by_patient
 from retinopathy.fundus import crop_to_fov, find_fov
-from retinopathy.preprocessing import CropSettings, build_processed_set, open_image, process_image
+from retinopathy.preprocessing import CropSettings, assign_splits, build_processed_set, open_image, process_image
 from retinopathy.sources import read_course
 
 
@@ -49,18 +49,95 @@ def test_patient_id_is_shared_by_both_eyes() -> None:
     assert patient_of("abc123") == "abc123"
 
 
-def test_validation_split_keeps_both_eyes_together_and_is_stratified() -> None:
-    rng = np.random.default_rng(1)
-    names = [f"{p}_{s}" for p in range(200) for s in ("left", "right")]
-    levels = rng.choice(5, size=len(names), p=[0.735, 0.07, 0.15, 0.025, 0.02])
-    frame = pd.DataFrame({"image": names, "level": levels})
-    kept, held = split_by_patient(frame, fraction=0.2, seed=3)
-    assert len(kept) + len(held) == len(frame)
-    assert not set(kept["image"].map(patient_of)) & set(held["image"].map(patient_of))
-    assert 0.15 < len(held) / len(frame) < 0.25
-    assert abs((held["level"] == 0).mean() - (frame["level"] == 0).mean()) < 0.06
-    again, _ = split_by_patient(frame, fraction=0.2, seed=3)
-    assert again["image"].tolist() == kept["image"].tolist()
+def test_patient_id_keeps_the_folder_so_the_same_number_in_two_folders_is_two_patients() -> None:
+    assert patient_of("clinicB/10_left") == patient_of("clinicB/10_right") == "clinicB/10"
+    assert patient_of("clinicA/10_left") == "clinicA/10" != patient_of("clinicB/10_left")
+    # An underscore in the folder is not a side: such a name is its own patient.
+    assert patient_of("clinic_left/10") == "clinic_left/10" and patient_of("clinic_A/scan") == "clinic_A/scan"
+
+
+def _eyes(patients: int, seed: int = 1, prefix: str = "") -> pd.DataFrame:
+    """Two eyes per patient; the worse eye follows the EyePACS grade mix, the other eye is no worse."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for patient, worst in enumerate(rng.choice(5, size=patients, p=[0.735, 0.07, 0.15, 0.025, 0.02])):
+        other = int(rng.integers(0, worst + 1))
+        rows += [(f"{prefix}{patient}_left", int(worst)), (f"{prefix}{patient}_right", other)]
+    return pd.DataFrame(rows, columns=["image", "level"])
+
+
+def _patients(frame: pd.DataFrame) -> set[str]:
+    return set(frame["image"].map(patient_of))
+
+
+@pytest.mark.parametrize("patients", [40, 300])
+@pytest.mark.parametrize("fraction", [0.15, 0.3, 0.4])
+def test_split_holds_out_the_fraction_of_patients_to_within_half_a_patient(fraction: float, patients: int) -> None:
+    """1/fraction folds would hold out 1/3 at 0.3 and 1/2 at 0.4; the count must be fraction x patients, rounded."""
+    frame = _eyes(patients)
+    kept, held = split_by_patient(frame, fraction=fraction, seed=3)
+    assert abs(len(_patients(held)) - fraction * patients) <= 0.5
+    assert len(_patients(kept)) + len(_patients(held)) == patients
+    assert not _patients(kept) & _patients(held)
+    assert len(held) == 2 * len(_patients(held))  # both eyes of every held-out patient, none left behind
+    # Rows keep the frame's order on both sides.
+    assert kept["image"].tolist() == [i for i in frame["image"] if patient_of(i) in _patients(kept)]
+    assert held["image"].tolist() == [i for i in frame["image"] if patient_of(i) in _patients(held)]
+
+
+@pytest.mark.parametrize("fraction", [0.15, 0.3, 0.4])
+def test_split_is_stratified_by_patient_grade_and_puts_every_grade_on_both_sides(fraction: float) -> None:
+    frame = _eyes(120)
+    grades = frame["level"].groupby(frame["image"].map(patient_of)).max()
+    kept, held = split_by_patient(frame, fraction=fraction, seed=3)
+    held_grades = grades[sorted(_patients(held))]
+    sizes = grades.value_counts()
+    assert (sizes >= 2).all(), "the generated frame must have two patients of every grade for this test to mean anything"
+    for grade, size in sizes.items():
+        held_out = int((held_grades == grade).sum())
+        assert 1 <= held_out <= size - 1, f"grade {grade}: {held_out} of {size} patients held out"
+        assert abs(held_out - fraction * size) <= 1, f"grade {grade}: {held_out} of {size} patients held out"
+
+
+def test_split_is_seeded_and_does_not_depend_on_row_order() -> None:
+    frame = _eyes(80)
+    kept, held = split_by_patient(frame, fraction=0.3, seed=3)
+    again, _ = split_by_patient(frame.sample(frac=1.0, random_state=0), fraction=0.3, seed=3)
+    _, other = split_by_patient(frame, fraction=0.3, seed=4)
+    assert _patients(again) == _patients(kept)
+    assert _patients(other) != _patients(held) and len(_patients(other)) == len(_patients(held))
+
+
+def test_split_with_too_few_patients_for_every_grade_still_holds_out_the_fraction() -> None:
+    """Five grades and two held-out patients: not every grade can be held out, and no grade is forced to."""
+    frame = _eyes(12, seed=5)
+    kept, held = split_by_patient(frame, fraction=0.15, seed=0)
+    assert len(_patients(held)) == 2 and not _patients(kept) & _patients(held)
+
+
+def test_split_keeps_patients_of_two_folders_apart_and_each_patients_eyes_together() -> None:
+    frame = pd.concat([_eyes(30, seed=1, prefix="clinicA/"), _eyes(30, seed=2, prefix="clinicB/")], ignore_index=True)
+    kept, held = split_by_patient(frame, fraction=0.3, seed=3)
+    assert len(_patients(kept)) + len(_patients(held)) == 60  # clinicA/7 and clinicB/7 are two patients
+    assert len(_patients(held)) == 18
+    for side in (kept, held):
+        assert (side["image"].map(patient_of).value_counts() == 2).all()
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.99])
+def test_split_that_would_leave_one_side_empty_is_refused(fraction: float) -> None:
+    with pytest.raises(ValueError, match="rounds to"):
+        split_by_patient(_eyes(20), fraction=fraction, seed=0)
+
+
+@pytest.mark.parametrize(("given_test", "fractions", "key"), [
+    (False, {"val_fraction": 0.15, "test_fraction": 0.01}, "data.test_fraction"),
+    (True, {"val_fraction": 0.01, "test_fraction": 0.2}, "data.val_fraction"),
+])
+def test_split_fraction_too_small_for_the_patients_names_its_key(given_test: bool, fractions: dict[str, float], key: str) -> None:
+    tables = {"train": _eyes(20), **({"test": _eyes(5, prefix="t")} if given_test else {})}
+    with pytest.raises(ValueError, match=rf"\({key}\).*20 patients rounds to no held-out patient"):
+        assign_splits(tables, seed=0, **fractions)
 
 
 def test_dataset_returns_normalised_tensors_and_labels(processed_dir: Path) -> None:

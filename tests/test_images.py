@@ -1,17 +1,22 @@
-"""Decoding photographs of every mode to upright 8-bit RGB, and rejecting frames without a field of view."""
+"""Decoding photographs of every mode to upright 8-bit RGB, and rejecting frames without a field of view or with too many pixels."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import ExifTags, Image, ImageDraw
 
+from retinopathy import images, preprocessing
 from retinopathy.data import load_rgb
 from retinopathy.fundus import find_fov
-from retinopathy.images import open_rgb, to_rgb
-from retinopathy.preprocessing import CropSettings, process_image
+from retinopathy.images import TooManyPixelsError, open_rgb, to_rgb
+from retinopathy.preprocessing import CropSettings, build_processed_set, process_image
+from retinopathy.sources import read_course
 from retinopathy.synthetic import render_fundus
 
 # A disc in a landscape frame with a black border on every side, like most fundus cameras.
@@ -160,3 +165,60 @@ def test_missing_and_truncated_files_are_named(tmp_path: Path) -> None:
     (tmp_path / "cut.png").write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
     with pytest.raises(ValueError, match="corrupt or unreadable image .*cut.png"):
         open_rgb(tmp_path / "cut.png")
+
+
+@pytest.mark.parametrize(("width", "height"), [(20000, 10000), (10050, 10000)], ids=["twice-the-limit", "just-over-the-limit"])
+def test_tiny_png_whose_header_claims_a_huge_image_is_refused_before_decoding(
+    tmp_path: Path, png_claiming: Callable[[Path, int, int], Path], width: int, height: int
+) -> None:
+    bomb = png_claiming(tmp_path / "bomb.png", width, height)
+    assert bomb.stat().st_size < 100
+    with pytest.raises(TooManyPixelsError, match=r"bomb\.png is too large to decode: .*exceeds limit of 100000000 pixels"):
+        open_rgb(bomb)
+    dst = tmp_path / "out.png"
+    out = process_image(bomb, dst, CropSettings(size=32))
+    assert out.kind == "unreadable" and "bomb.png" in out.message and "too large" in out.message
+    assert not dst.exists()
+
+
+def test_pixel_limit_is_ours_even_where_pils_own_guard_is_switched_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    monkeypatch.setattr(images, "MAX_PIXELS", 64 * 64)
+    Image.new("RGB", (64, 64), (90, 40, 10)).save(tmp_path / "at_limit.png")
+    Image.new("RGB", (65, 64), (90, 40, 10)).save(tmp_path / "over_limit.png")
+    assert open_rgb(tmp_path / "at_limit.png")[0].size == (64, 64)
+    with pytest.raises(TooManyPixelsError, match=r"over_limit\.png .*65 x 64 = 4,160 pixels, more than the limit of 4,096"):
+        open_rgb(tmp_path / "over_limit.png")
+
+
+def test_any_exception_while_cropping_one_image_makes_it_a_bad_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "1_left.png"
+    render_fundus(1, np.random.default_rng(0), size=64).save(src)
+
+    def broken_decoder(path: Path, *, draft_side: int | None = None) -> tuple[Image.Image, bool]:
+        raise MemoryError("cannot allocate the frame")
+
+    monkeypatch.setattr(preprocessing, "open_rgb", broken_decoder)
+    out = process_image(src, tmp_path / "out.png", CropSettings(size=32))
+    assert out.kind == "unreadable"
+    assert out.message == f"{src}: MemoryError: cannot allocate the frame"
+
+
+def test_preprocess_lists_a_decompression_bomb_among_its_bad_images(
+    raw_dir: Path, tmp_path: Path, png_claiming: Callable[[Path, int, int], Path]
+) -> None:
+    tables = read_course(raw_dir)
+    train = tables["train"].copy()
+    bomb = png_claiming(tmp_path / "bomb.png", 20000, 10000)
+    train.loc[0, "path"] = str(bomb)
+    name = train.loc[0, "image"]
+    report = tmp_path / "report.json"
+    counts = build_processed_set(
+        {**tables, "train": train}, out_dir=tmp_path / "processed", balance_path=tmp_path / "balance.json",
+        settings=CropSettings(size=16), val_fraction=0.25, seed=0, workers=1, on_bad_image="skip", report_path=report,
+    )
+    bad = json.loads(report.read_text())["bad_images"]
+    assert [(b["image"], b["kind"]) for b in bad] == [(name, "unreadable")]
+    assert "bomb.png" in bad[0]["message"] and "too large" in bad[0]["message"]
+    assert counts["train"] + counts["val"] == len(train) - 1
+    assert name not in set(pd.read_csv(tmp_path / "processed" / "train.csv", dtype=str)["image"])

@@ -153,11 +153,15 @@ def test_summary_averages_seeds_pairs_the_arms_and_draws_table_and_figure(tmp_pa
         assert row["difference"] == pytest.approx(row["pretrained_qwk"] - row["scratch_qwk"], abs=1e-4)
         assert 0 < row["difference_low"] <= row["difference_high"]
         assert row["verdict"].startswith("pretrained better than from scratch") and "training seeds" in row["difference_covers"]
+        # Welch-Satterthwaite df lie between the smallest component's and their sum: the pretrained seeds' 1 and
+        # the bootstrap's 40 test patients - 1 (the scratch seeds agree exactly and add nothing).
+        assert 1 <= row["difference_df"] <= 1 + 39
     paths = write_study(table, tmp_path / "results", seeds=seeds, settings=settings)
     assert pd.read_csv(paths["csv"]).shape == table.shape and paths["png"].read_bytes()[:4] == b"\x89PNG"
     markdown = paths["md"].read_text()
     assert "| 0.25 | 20 | 40 |" in markdown and "2 training seeds (42, 43)" in markdown
-    assert "covers training randomness too" in markdown
+    assert "covers training randomness too" in markdown and "Welch-Satterthwaite degrees of freedom" in markdown
+    assert "| pretrained - scratch (95% interval) | df | verdict |" in markdown
 
 
 def test_summary_refuses_fractions_evaluated_on_different_test_images(tmp_path: Path) -> None:

@@ -105,25 +105,29 @@ def test_a_mistyped_fraction_in_params_is_named() -> None:
         get({"data": {"label_fraction": "half"}}, "data.label_fraction", float)
 
 
-def test_set_aside_images_of_a_test_patient_stay_out_of_the_pool() -> None:
-    """A given split kept with on_split_leak: warn can have a patient's eyes in train and test; the pool never
-    holds an eye of a test patient, so that patient's training eye is dropped, not pooled."""
+@pytest.mark.parametrize("held_out", ["val", "test"])
+def test_set_aside_images_of_a_validation_or_test_patient_stay_out_of_the_pool(held_out: str) -> None:
+    """A given split kept with on_split_leak: warn can have a patient's eyes in train and test (and a split made
+    otherwise, in train and val); the pool never holds an eye of a patient the model is scored on, so that
+    patient's training eye is dropped, not pooled."""
     table = _training_table(patients=40).assign(path="x")
     leaking = sorted(_patients(table))[:10]
-    in_test = table["image"].isin([f"{patient}_right" for patient in leaking])  # their left eyes stay in train
+    scored = table["image"].isin([f"{patient}_right" for patient in leaking])  # their left eyes stay in train
+    other = "test" if held_out == "val" else "val"
     splits = {
-        "train": table[~in_test].reset_index(drop=True),
-        "val": pd.DataFrame({"image": ["900_left"], "level": [0], "path": ["x"]}),
-        "test": table[in_test].reset_index(drop=True),
+        "train": table[~scored].reset_index(drop=True),
+        held_out: table[scored].reset_index(drop=True),
+        other: pd.DataFrame({"image": ["900_left"], "level": [0], "path": ["x"]}),
         "unlabeled": pd.DataFrame({"image": ["950_left"], "level": [-1], "path": ["x"]}),
     }
     out, report = apply_label_fraction(splits, fraction=0.3, seed=3)
     aside = set(splits["train"]["image"]) - set(out["train"]["image"])
-    of_test = {image for image in aside if patient_of(image) in leaking}
-    assert of_test, "the seed must set aside at least one leaking patient for this test to mean anything"
-    assert set(out["unlabeled"]["image"]) == {"950_left"} | (aside - of_test)
-    assert set(report["set_aside_images_of_test_patients_dropped"]) == of_test
-    assert report["images_moved_to_pool"] == len(aside - of_test)
+    of_scored = {image for image in aside if patient_of(image) in leaking}
+    assert of_scored, "the seed must set aside at least one leaking patient for this test to mean anything"
+    assert set(out["unlabeled"]["image"]) == {"950_left"} | (aside - of_scored)
+    assert set(report[f"set_aside_images_of_{held_out}_patients_dropped"]) == of_scored
+    assert report[f"set_aside_images_of_{other}_patients_dropped"] == []
+    assert report["images_moved_to_pool"] == len(aside - of_scored)
 
 
 def _build(raw_dir: Path, out: Path, **kwargs: object) -> dict[str, int]:

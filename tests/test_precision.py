@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -61,3 +62,18 @@ def test_bf16_training_step_keeps_weights_optimizer_state_and_loss_in_fp32() -> 
         assert model(torch.randn(2, 3, 32, 32)).dtype == torch.bfloat16
     with autocast(CPU, "fp32"):
         assert model(torch.randn(2, 3, 32, 32)).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected", "evidence"),
+    [({"avx2", "avx512f"}, "fp32", "none of the CPU flags"), ({"avx512f", "avx512_bf16"}, "bf16", "avx512_bf16"), ({"amx_bf16", "amx_tile"}, "bf16", "amx_bf16")],
+)
+def test_auto_reads_the_cpus_own_flags_bf16_where_native_fp32_elsewhere(
+    cpu_flags: Callable[[set[str]], None], flags: set[str], expected: str, evidence: str
+) -> None:
+    """The path every stage takes: no flags passed in, so the detection reads the CPU (here, a stand-in for it)."""
+    cpu_flags(flags)
+    precision, reason = resolve_precision("auto", CPU)
+    assert precision == expected and evidence in reason
+    assert resolve_precision("fp32", CPU)[0] == "fp32"  # an explicit choice ignores the flags
+

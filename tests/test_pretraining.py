@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torchvision
 from torchvision.models import ResNet18_Weights
 
-from retinopathy.data import build_transform, processed_dataset
+from retinopathy.data import build_transform, make_loader, patient_of, processed_dataset
 from retinopathy.models import load_backbone, resnet18
 from retinopathy.pretraining import imagenet_state_dict, rotation_pretrain
-from retinopathy.data import make_loader
 
 
 @pytest.fixture
@@ -89,3 +90,19 @@ def test_simclr_pretraining_yields_a_backbone_that_loads_into_the_classifier(pro
     classifier = resnet18(num_classes=5)
     load_backbone(classifier, backbone_state(model))
     torch.testing.assert_close(classifier.layer1[0].conv1.weight, model.layer1[0].conv1.weight)
+
+
+def test_pretraining_refuses_a_pool_holding_an_eye_of_a_validation_patient(processed_dir: Path, tmp_path: Path) -> None:
+    from retinopathy.pretraining import check_pool, pretrain_backbone
+
+    check_pool(processed_dir)  # the preprocess stage's pool holds no validation or test patient
+    data = tmp_path / "processed"
+    shutil.copytree(processed_dir, data)
+    val_image = pd.read_csv(data / "val.csv", dtype={"image": str})["image"].iloc[0]
+    pool = pd.read_csv(data / "unlabeled.csv", dtype={"image": str})
+    pd.concat([pool, pd.DataFrame({"image": [val_image]})]).to_csv(data / "unlabeled.csv", index=False)
+    shutil.copy(data / "val" / f"{val_image}.png", data / "unlabeled" / f"{val_image}.png")
+    with pytest.raises(ValueError, match=rf"(?s)unlabeled\.csv: 1 pool image.*'{val_image}' \(patient '{patient_of(val_image)}' is in val\)"):
+        pretrain_backbone("resnet18", source="selfsup", method="rotation", data_dir=data, out=tmp_path / "start", epochs=1, lr=0.01,
+                          batch_size=8, optimizer="sgd", weight_decay=0.0, momentum=0.9, seed=0, device="cpu", precision="fp32")
+    assert not (tmp_path / "start").exists()

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from retinopathy.data import patient_of
-from retinopathy.preprocessing import CropSettings, build_processed_set
+from retinopathy.preprocessing import CropSettings, assign_splits, build_processed_set, split_leaks
 from retinopathy.sources import LAYOUTS, SourceError, read_source, unlisted_images
 
 # A dozen images leave some grades with fewer members than folds; sklearn warns, the split is still by patient.
@@ -254,6 +254,7 @@ def test_leaking_course_split_is_kept_by_default_and_its_patients_listed(tmp_pat
     assert pd.read_csv(tmp_path / "processed" / "test.csv")["image"].tolist() == _names("course")[7:11]
     # the pool never holds a test patient's eye, whatever the policy
     assert leaks["pool_images_of_test_patients_dropped"] == ["19_right"]
+    assert leaks["pool_images_of_val_patients_dropped"] == []
     assert pd.read_csv(tmp_path / "processed" / "unlabeled.csv")["image"].tolist() == ["21_left"]
 
 
@@ -276,3 +277,46 @@ def test_resplit_moves_a_leaking_patient_to_test(tmp_path: Path) -> None:
     assert set(frames["test"]["image"]) == set(_names("course")[7:11]) | {"16_left"}
     leaks = json.loads((tmp_path / "report.json").read_text())["split_leaks"]
     assert len(leaks["moved"]) == 1 and leaks["moved"][0].startswith("16_left (")
+
+
+def test_the_pool_never_holds_an_eye_of_a_validation_patient(tmp_path: Path) -> None:
+    """Train lists one eye of each of four patients and the pool their other eyes: whichever patient the
+    seeded split sends to validation, its pool eye must go, or pretraining sees the patient validation scores."""
+    root = tmp_path / "raw"
+    make_layout(root, "course")
+    train_patients, test_patients = ["10", "13", "15", "16"], ["17", "19"]
+    (root / "train_img.csv").write_text("".join(f"{p}_left\n" for p in train_patients))
+    (root / "train_label.csv").write_text("0\n1\n0\n2\n")
+    (root / "test_img.csv").write_text("".join(f"{p}_{side}\n" for p in test_patients for side in ("left", "right")))
+    (root / "test_label.csv").write_text("0\n1\n4\n2\n")
+    (root / "unlabeled_img.csv").write_text("".join(f"{p}_right\n" for p in train_patients))
+    _build(root, "course", tmp_path)
+    frames = {split: pd.read_csv(tmp_path / "processed" / f"{split}.csv", dtype={"image": str}) for split in ("train", "val", "unlabeled")}
+    val_patients = set(frames["val"]["image"].map(patient_of))
+    assert len(val_patients) == 1  # 0.25 of 4 patients
+    assert set(frames["unlabeled"]["image"]) == {f"{p}_right" for p in train_patients if p not in val_patients}
+    leaks = json.loads((tmp_path / "report.json").read_text())["split_leaks"]
+    assert leaks["pool_images_of_val_patients_dropped"] == [f"{p}_right" for p in sorted(val_patients)]
+    assert leaks["pool_images_of_test_patients_dropped"] == []
+
+
+def test_names_with_folders_keep_same_numbered_patients_of_two_folders_apart(tmp_path: Path) -> None:
+    """A Kaggle-style CSV naming images in clinic folders: clinicA/10 and clinicB/10 are two patients, and each
+    patient's eyes stay on one side of every split."""
+    root = tmp_path / "raw"
+    rows = []
+    for clinic in ("clinicA", "clinicB"):
+        (root / "train" / clinic).mkdir(parents=True)
+        for patient, level in zip((10, 13, 15, 16, 17, 19), LEVELS[::2]):
+            for side in ("left", "right"):
+                _photo(120, 80, 0.45).save(root / "train" / clinic / f"{patient}_{side}.jpeg")
+                rows.append(f"{clinic}/{patient}_{side},{level}")
+    (root / "trainLabels.csv").write_text("image,level\n" + "\n".join(rows) + "\n")
+    tables = read_source("kaggle", root)
+    assert tables["train"]["path"].iloc[0] == str(root / "train" / "clinicA" / "10_left.jpeg")
+    assert all(Path(p).is_file() for p in tables["train"]["path"])
+    assert tables["train"]["image"].map(patient_of).nunique() == 12
+    splits = assign_splits(tables, val_fraction=0.25, test_fraction=0.25, seed=0)
+    assert split_leaks(splits) == []
+    patients = {split: set(splits[split]["image"].map(patient_of)) for split in ("train", "val", "test")}
+    assert [len(patients[split]) for split in ("train", "val", "test")] == [7, 2, 3]  # 3 of 12 held out, then 2 of 9

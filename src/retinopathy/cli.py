@@ -1,7 +1,9 @@
 """The ``retinopathy`` command: argument parsing only; the work is in :mod:`retinopathy.grading` and :mod:`retinopathy.export`.
 
 Exit status: 0 when everything was done, 1 when some photographs could not be graded (named on stderr),
-2 on a usage error (bad flag, missing model file, a file that is not a retinopathy model).
+2 on a usage error (bad flag, missing model file, a file that is not a retinopathy model, a device this
+machine lacks, an output path that is an existing directory or collides with an input, the model or another
+output); after a usage error nothing has been written or removed.
 """
 
 from __future__ import annotations
@@ -28,17 +30,30 @@ in sorted order) and CSV lists (one column of paths, or a column named `image` o
 relative paths are taken from the CSV's folder).
 
 Each photograph is preprocessed exactly as the model's training set was (the settings are stored
-in the model file). The CSV has one row per graded photograph: image, patient, eye (from names like
-`10_left`; empty otherwise), grade, p0..p4, p_referable (= p2 + p3 + p4, referable DR) and
-patient_grade (the worse eye's grade, filled only when both eyes of the patient were graded).
-The grade follows the model's own decoding (argmax, or cut-points tuned on its validation set; a
-regression head's p0..p4 come from its fitted cumulative-link model); each eye is graded alone
+in the model file), and graded in the precision the model was trained and evaluated in (recorded in
+the model file) where this machine runs it natively, else in fp32 (an fp32 model always in fp32).
+The CSV has one row per graded photograph: image, patient, eye, grade, p0..p4, p_referable
+(= p2 + p3 + p4, referable DR) and patient_grade. For names like `clinicA/10_left.jpeg` the patient
+is the folder and the name before _left/_right (`clinicA/10`) and the eye is left; both are empty for
+other names. patient_grade is the worse eye's grade, filled only when a left and a right photograph of
+that patient (same folder, same number) were graded; photographs in different folders are never one
+patient. The grade follows the model's own decoding (argmax, or cut-points tuned on its validation set;
+a regression head's p0..p4 come from its fitted cumulative-link model); each eye is graded alone
 (the evaluate stage's two-eye blend is not applied here).
-A photograph that cannot be graded (not an image, truncated, empty, no field of view) is named on
-stderr with its reason and gets NO row; the others are still graded.
+A photograph that cannot be graded (not an image, truncated, empty, over 100 megapixels, no field
+of view, or anything else that fails while reading it) is named on stderr with its reason and gets
+NO row; the others are still graded. 100 megapixels is several times any fundus camera's frame; the
+limit refuses "decompression bombs", tiny files whose header claims a huge image.
+The CSV is written whole at the end (atomically), also when nothing could be graded.
+
+Outputs never overwrite what is read: --out and --heatmaps may not be, lie inside or contain an
+INPUT (file, folder, CSV list or a listed image), the MODEL or each other, and --out may not be an
+existing directory. --heatmaps may be a new or an existing folder; a heatmap replaces one of the
+same name, other files there are left alone.
 
 exit status: 0 all graded, 1 some could not be graded, 2 usage error (bad flag, missing model
-file, not a retinopathy model).
+file, not a retinopathy model, --device cuda without CUDA, an output path refused as above);
+after a usage error nothing has been written or removed.
 
 examples:
   retinopathy predict models/resnet18-true-42.pt photos/ --out grades.csv
@@ -50,6 +65,7 @@ Writes OUT.onnx (input `image`: float32 N x 3 x size x size; output `probabiliti
 inside the graph; dynamic batch axis), checks it with onnxruntime against PyTorch on a batch (the
 largest difference of probabilities is printed; above 1e-4 nothing is written), and writes OUT.json
 next to it with the model's metadata: preprocessing settings, mean, std, grade names, provenance.
+Neither may be an existing directory, the MODEL, or the other (exit status 2, nothing written).
 
 Grading with the ONNX file alone (no PyTorch, no this package), per photograph:
   1. decode as 8-bit RGB, upright (apply the EXIF orientation);
@@ -84,10 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("model", metavar="MODEL", help="a trained model, e.g. models/resnet18-true-42.pt")
     predict.add_argument("inputs", metavar="INPUT", nargs="+", help="image files, folders and CSV lists")
-    predict.add_argument("--out", default="grades.csv", help="CSV to write (default: %(default)s)")
-    predict.add_argument("--heatmaps", metavar="DIR", help="write one PNG per photograph: Grad-CAM of the predicted grade over the photograph")
+    predict.add_argument("--out", default="grades.csv", help="CSV to write; never an input, the model or a folder (default: %(default)s)")
+    predict.add_argument("--heatmaps", metavar="DIR", help="write one PNG per photograph: Grad-CAM of the predicted grade over the photograph "
+                         "(a new or existing folder apart from the inputs)")
     predict.add_argument("--batch-size", type=int, default=32, help="photographs per forward pass (default: %(default)s)")
-    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: CUDA when present (default: %(default)s)")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                         help="auto: CUDA when present; cuda without one is a usage error (default: %(default)s)")
     export = commands.add_parser(
         "export", help="export a model to ONNX (probabilities out), verified with onnxruntime", description="Export a trained model to ONNX.",
         epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -114,7 +132,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"retinopathy {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except ValueError as exc:  # a file that is not a retinopathy model, a bad --batch-size
+    except ValueError as exc:  # not a retinopathy model, a bad --batch-size, a missing device, a refused output path
+        print(f"retinopathy {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (IsADirectoryError, NotADirectoryError) as exc:  # an output path that became a folder (or a file) while running
         print(f"retinopathy {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

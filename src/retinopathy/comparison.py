@@ -2,8 +2,10 @@
 
 Does pretraining help (for each architecture, pretrained minus from scratch)? Which network is
 better (for each pretraining setting, ResNet50 minus ResNet18)? Each difference comes with a 95%
-interval over test patients and, where there are several, training seeds, and a verdict that
-follows the interval: "no detectable difference" whenever it spans 0.
+interval (:func:`retinopathy.statistics.paired_difference`): with one seed per variant, a patient
+bootstrap; with several, the spread between training seeds added to the patient-bootstrap variance,
+on a Student t quantile with Welch-Satterthwaite degrees of freedom, so that few seeds give the wide
+interval they warrant. The verdict follows the interval: "no detectable difference" whenever it spans 0.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 
 from retinopathy.metrics import accuracy, macro_f1, quadratic_weighted_kappa, referable, roc_auc
 from retinopathy.results import ARCH_LABELS, ARCHS, LABELS, PRETRAINED, Run, describe, variant_name
-from retinopathy.statistics import paired_difference, verdict
+from retinopathy.statistics import paired_difference
 
 # name -> (metric, reads the predicted grade (True) or P(referable) (False))
 METRICS: dict[str, tuple[Callable[..., float], bool]] = {
@@ -90,9 +92,8 @@ def compare(runs: dict[str, list[Run]], settings: CompareSettings, archs: tuple[
             _, b = _inputs(runs[second], by_grade)
             result = paired_difference(
                 metric, y, a, b, patients, n_resamples=settings.bootstrap_resamples, confidence=settings.confidence,
-                seed=settings.bootstrap_seed,
+                seed=settings.bootstrap_seed, names=(describe(first), describe(second)),
             )
-            result["verdict"] = verdict(result["low"], result["high"], first=describe(first), second=describe(second))
             comparisons.append({"question": question, "metric": name, "first": first, "second": second, **result})
     return {
         "variants": per_variant(runs),

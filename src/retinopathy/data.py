@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from sklearn.model_selection import StratifiedGroupKFold
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms as T
 
@@ -96,26 +95,80 @@ def check_levels(frame: pd.DataFrame, source: str, *, first_row: int = 1) -> pd.
 
 
 def patient_of(image: str) -> str:
-    """``'10_left'`` -> ``'10'``: both eyes of a patient share the part before the last underscore."""
+    """``'10_left'`` -> ``'10'``: both eyes of a patient share the part before the last underscore.
+
+    A folder in the name stays part of the id (``'clinicB/10_left'`` -> ``'clinicB/10'``), so patient 10
+    of one clinic's folder and patient 10 of another's stay two patients; the side is read from the
+    file name alone. A name without ``_left``/``_right`` is its own patient.
+    """
     stem, sep, side = image.rpartition("_")
+    # A last underscore inside the folder part leaves a "/" in ``side``, so such a name is its own patient.
     return stem if sep and side in {"left", "right"} else image
 
 
 def split_by_patient(frame: pd.DataFrame, *, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Hold out about ``fraction`` of ``frame``, stratified by level, both eyes of a patient together.
+    """Hold out ``round(fraction * patients)`` whole patients of ``frame``, stratified by patient grade.
+
+    Both eyes of a patient (:func:`patient_of`) land on the same side. Each grade (a patient's worse eye,
+    :func:`patient_grades`) holds out its share of the count by largest remainder, so the held-out share
+    is ``fraction`` up to half a patient. Where there are enough patients, every grade with two or more
+    patients keeps at least one and holds out at least one, so neither side misses a grade that could
+    be on both; a grade's patients are drawn with ``seed``.
+
+    Args:
+        frame: ``image`` and ``level`` per row.
+        fraction: the share of patients to hold out, in (0, 1).
+        seed: seeds which patients of each grade are held out.
 
     Returns:
         (kept, held_out), both with the original row order.
+
+    Raises:
+        ValueError: for a fraction outside (0, 1), or one that holds out no patient or every patient.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"split fraction must be in (0, 1), got {fraction}")
-    n_splits = max(2, round(1.0 / fraction))
-    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-    groups = frame["image"].map(patient_of)
-    _, held = next(folds.split(np.zeros(len(frame)), frame["level"], groups))
-    mask = np.zeros(len(frame), dtype=bool)
-    mask[held] = True
+    grades = patient_grades(frame)
+    n = len(grades)
+    count = math.floor(fraction * n + 0.5)
+    if count == 0:
+        raise ValueError(f"{fraction:g} x {n} patients rounds to no held-out patient")
+    if count == n:
+        raise ValueError(f"{fraction:g} x {n} patients rounds to all of them, leaving none to keep")
+    rng = np.random.default_rng(seed)
+    sizes = grades.value_counts().sort_index()
+    counts = _allocate(sizes.to_numpy(), count, rng)
+    held: set[str] = set()
+    for grade, take in zip(sizes.index, counts):
+        patients = grades.index[grades == grade].to_numpy()
+        held.update(patients[rng.permutation(len(patients))[:take]])
+    mask = frame["image"].map(patient_of).isin(held).to_numpy()
     return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
+
+
+def _allocate(sizes: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """Split ``total`` over strata of ``sizes`` in proportion, by largest remainder, within bounds.
+
+    A stratum of two or more gets between 1 and ``size - 1`` (one on each side of the split) where the
+    total allows that for every such stratum; ties go to a seeded order of the strata.
+    """
+    quota = sizes * total / sizes.sum()
+    two_or_more = sizes >= 2
+    low, high = np.where(two_or_more, 1, 0), np.where(two_or_more, sizes - 1, sizes)
+    # Too few patients held out (or kept) for one of every grade: that side goes without the smallest grades.
+    if low.sum() > total:
+        low = np.zeros_like(sizes)
+    if high.sum() < total:
+        high = sizes.copy()
+    counts = np.clip(np.floor(quota).astype(np.int64), low, high)
+    tiebreak = rng.permutation(len(sizes))
+    while counts.sum() < total:
+        room = np.where(counts < high, quota - counts, -np.inf)
+        counts[np.lexsort((tiebreak, -room))[0]] += 1
+    while counts.sum() > total:
+        excess = np.where(counts > low, counts - quota, -np.inf)
+        counts[np.lexsort((tiebreak, -excess))[0]] -= 1
+    return counts
 
 
 def check_label_fraction(fraction: float) -> float:

@@ -74,7 +74,8 @@ def write_synthetic_set(root: str | os.PathLike[str], spec: SyntheticSpec, *, wo
             patient += 1
     table = pd.DataFrame(rows)
     workers = workers or os.cpu_count() or 1
-    with atomic_path(root) as tmp:
+    # An earlier set is replaced; a folder holding other files is refused (retinopathy.utils.atomic_path).
+    with atomic_path(root, replace_dir=True) as tmp:
         tmp.mkdir()
         jobs = [
             (spec.seed, index, row.image, int(row.level if row.level >= 0 else row.pool_grade), spec, str(tmp))

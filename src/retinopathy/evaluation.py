@@ -3,16 +3,16 @@ metrics at operating points chosen on validation, and per-image predictions.
 
 Nothing is fitted on test. Cut-points and screening thresholds are fitted on validation predictions;
 the two-eye blend on the training images' outputs (see :class:`retinopathy.decoding.PatientBlend`), so
-validation scores it untouched. The ``components`` block grades the same model every way the pipeline
-offers (argmax or tuned cut-points, flips TTA or not, the two-eye blend or not) so that each piece's
-contribution can be read off: its validation figures come from a 2-fold split of the validation
-patients (cut-points fitted on one half, scored on the other, and back), so tuning never scores
-itself; its test figures fit on all of validation.
+validation scores it untouched. The stage scores the configured grading only: validation and test are
+predicted once, with the configured TTA, and the training images only when the blend needs them.
+Comparing ways of grading (decodings, TTA, the blend, the refit) is the grading study's job
+(``studies/grading/``, :mod:`retinopathy.ablation`).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,70 +119,20 @@ def fit_blend(head: str, train: Split, *, c: float, class_weights: np.ndarray | 
     return PatientBlend(head, c, class_weights).fit(train.labels, train.raw, train.patients, train.eyes)
 
 
-def _grade_scores(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
-    return {name: round(float(fn(labels, preds)), 4) for name, fn in GRADE_METRICS.items()}
-
-
-def _patient_folds(split: Split, seed: int) -> list[np.ndarray]:
-    """Two halves of a split's images, by patient (both eyes in one half), seeded."""
-    patients = np.asarray(split.patients)
-    unique = np.random.default_rng(seed).permutation(np.unique(patients))
-    first = np.isin(patients, unique[: len(unique) // 2])
-    return [np.flatnonzero(first), np.flatnonzero(~first)]
-
-
-def components(
-    head: str, val: dict[str, Split], test: dict[str, Split], train: dict[str, Split], *, seed: int = 0,
-    blend_c: float = 0.03, class_weights: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
-    """Every grading setup of one model on validation (2-fold over patients) and test (fitted on validation).
-
-    Args:
-        head: the model's head.
-        val, test, train: outputs per TTA setting (``"none"``, ``"flips"``); the blend is fitted on ``train``.
-        blend_c, class_weights: the blend's regularisation and per-grade weights.
-    """
-    decodes = ["argmax", "expected"] if head == "classification" else ["expected"]
-    rows = []
-    for tta in val:
-        try:
-            blend: PatientBlend | None = fit_blend(head, train[tta], c=blend_c, class_weights=class_weights)
-            blend_error = ""
-        except ValueError as exc:  # e.g. a label fraction whose training images miss a grade
-            blend, blend_error = None, str(exc)
-        for decode in decodes:
-            for blended in (False, True):
-                decoder = Decoder(head=head, decode=decode)
-                row: dict[str, Any] = {"tta": tta, "decode": "cut-points" if head == "regression" else decode, "patient_blend": blended}
-                if blended and blend is None:
-                    rows.append({**row, "error": blend_error})
-                    continue
-                use = blend if blended else None
-                try:
-                    folds = _patient_folds(val[tta], seed)
-                    val_preds = np.empty(len(val[tta].labels), dtype=np.int64)
-                    for fit_idx, score_idx in (folds, folds[::-1]):
-                        val_preds[score_idx] = grade_with(decoder, val[tta].take(fit_idx), val[tta].take(score_idx), blend=use)[0]
-                    test_preds = grade_with(decoder, val[tta], test[tta], blend=use)[0]
-                except ValueError as exc:  # e.g. a validation half too small to tune cut-points
-                    rows.append({**row, "error": str(exc)})
-                    continue
-                rows.append({
-                    **row,
-                    "val_2fold": _grade_scores(val[tta].labels, val_preds),
-                    "test": _grade_scores(test[tta].labels, test_preds),
-                    "val_predicted_grades": np.bincount(val_preds, minlength=len(GRADES)).tolist(),
-                    "test_predicted_grades": np.bincount(test_preds, minlength=len(GRADES)).tolist(),
-                })
-    return rows
-
-
 def screening(
     val_labels: np.ndarray, val_probs: np.ndarray, test_labels: np.ndarray, test_probs: np.ndarray, patients: np.ndarray,
     settings: EvalSettings, *, from_grade: int = 2,
 ) -> dict[str, Any]:
     """ROC AUC of P(grade >= from_grade) on test, and sensitivity/specificity at two operating points
-    whose thresholds are chosen on validation only and applied unchanged to test."""
+    whose thresholds are chosen on validation only and applied unchanged to test.
+
+    The AUC's interval is a patient bootstrap; sensitivity's and specificity's are
+    :func:`retinopathy.statistics.proportion_interval` (Clopper-Pearson on the eyes divided by the design
+    effect of two eyes per patient), each with the eyes, patients and effective number behind it.
+    """
+    from retinopathy.statistics import proportion_interval
+
+    ids = np.asarray(patients)
     boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
     y_val, s_val = referable(val_labels, from_grade=from_grade), referable_score(val_probs, from_grade=from_grade)
     y_test, s_test = referable(test_labels, from_grade=from_grade), referable_score(test_probs, from_grade=from_grade)
@@ -202,8 +152,11 @@ def screening(
             points[name] = {"error": f"validation: {exc}"}
             continue
         val_sens, val_spec = sensitivity_specificity(y_val, s_val, threshold)
-        sens = patient_bootstrap(lambda y, s: sensitivity_specificity(y, s, threshold)[0], [y_test, s_test], patients, **boot)
-        spec = patient_bootstrap(lambda y, s: sensitivity_specificity(y, s, threshold)[1], [y_test, s_test], patients, **boot)
+        # Not a bootstrap: one of a proportion of 1 (every positive eye caught) reads 1.000 (1.000-1.000), since no
+        # resample can hold a miss. An exact binomial interval on the effective number of eyes cannot collapse.
+        called, positive = s_test >= threshold, y_test == 1
+        sens = proportion_interval(called[positive], ids[positive], confidence=settings.confidence)
+        spec = proportion_interval(~called[~positive], ids[~positive], confidence=settings.confidence)
         points[name] = {
             "target": target, "threshold": round(float(threshold), 6),
             "val_sensitivity": round(val_sens, 4), "val_specificity": round(val_spec, 4),
@@ -211,6 +164,29 @@ def screening(
         }
     out["operating_points"] = points
     return out
+
+
+def _configured_grading(
+    decoder: Decoder, val: Split, test: Split, train: Split | None, settings: EvalSettings,
+    class_weights: np.ndarray | None, *, seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Test grades and p0..p4, validation p0..p4 and what was fitted, for the configured grading.
+
+    The checkpoint's cut-points were tuned on validation outputs without TTA; under TTA they are tuned again,
+    on validation outputs with it, with the training run's seed (as the train stage tuned them).
+    """
+    chosen = decoder if settings.tta == "none" else Decoder(decoder.head, decoder.decode).fitted(val.labels, val.raw, seed=seed)
+    preds, probs, fitted = chosen.grades(test.raw), chosen.probabilities(test.raw), {"decoder": chosen.to_dict()}
+    val_probs = chosen.probabilities(val.raw)
+    if train is not None:
+        try:
+            blend = fit_blend(decoder.head, train, c=settings.blend_c, class_weights=class_weights)
+        except ValueError as exc:
+            fitted["blend"] = {"fitted": False, "reason": f"{exc}; each eye is graded alone"}
+        else:
+            preds, probs, fitted = grade_with(chosen, val, test, blend=blend)
+            val_probs = blend.probabilities(val.raw, val.patients, val.eyes)
+    return preds, probs, val_probs, fitted
 
 
 def evaluate_variant(
@@ -226,10 +202,10 @@ def evaluate_variant(
     head: str | None = None,
     class_weighting: str = "sqrt_inverse",
 ) -> dict[str, Any]:
-    """Predict training, validation and test images with a trained model; write test metrics (with intervals)
-    and test predictions.
+    """Predict validation and test images with a trained model (and the training images when the blend needs
+    them); write test metrics (with intervals) and test predictions.
 
-    Intervals are percentile bootstraps over test *patients* (both eyes resampled together).
+    Intervals are bootstraps over test *patients* (both eyes resampled together).
     Validation predictions are used to fit cut-points (under TTA) and to choose the screening
     thresholds; the two-eye blend is fitted on the training images' outputs, weighted per grade by
     ``class_weighting`` as training was; test predictions are never used to fit anything. When the
@@ -240,6 +216,7 @@ def evaluate_variant(
         ValueError: ``head`` (the params' head) differs from the head the model was trained with, naming
             both; ``settings.tta`` is unknown; ``settings.blend_c`` is not positive.
     """
+    started = time.perf_counter()
     if settings.tta not in TTA:
         raise ValueError(f"evaluate.tta {settings.tta!r}; choose one of {list(TTA)}")
     if not settings.blend_c > 0:
@@ -251,23 +228,15 @@ def evaluate_variant(
         raise ValueError(f"{model_path} was trained with head {decoder.head!r} but params.yaml asks for head {head!r}; "
                          f"retrain it (dvc repro) or set head: {decoder.head}")
     resolved, _ = resolve_precision(precision, dev)
+    # Only what the configured grading reads: training outputs for the blend alone, one TTA setting.
+    needed = ("train", "val", "test") if settings.patient_blend else ("val", "test")
     splits = {split: split_outputs(model, meta, data_dir, split, dev, batch_size=settings.batch_size, num_workers=num_workers,
-                                   precision=resolved) for split in ("train", "val", "test")}
-    train, val, test = (splits[split][settings.tta] for split in ("train", "val", "test"))
-    class_weights = class_weight_values(splits["train"]["none"].labels, class_weighting)
-    # The checkpoint's cut-points were tuned on validation outputs without TTA; under TTA they are tuned again,
-    # on validation outputs with it.
-    chosen = decoder if settings.tta == "none" else Decoder(decoder.head, decoder.decode).fitted(val.labels, val.raw)
-    preds, probs, fitted = chosen.grades(test.raw), chosen.probabilities(test.raw), {"decoder": chosen.to_dict()}
-    val_probs = chosen.probabilities(val.raw)
-    if settings.patient_blend:
-        try:
-            blend = fit_blend(decoder.head, train, c=settings.blend_c, class_weights=class_weights)
-        except ValueError as exc:
-            fitted["blend"] = {"fitted": False, "reason": f"{exc}; each eye is graded alone"}
-        else:
-            preds, probs, fitted = grade_with(chosen, val, test, blend=blend)
-            val_probs = blend.probabilities(val.raw, val.patients, val.eyes)
+                                   precision=resolved, ttas=(settings.tta,))[settings.tta] for split in needed}
+    val, test = splits["val"], splits["test"]
+    class_weights = class_weight_values(processed_dataset(data_dir, "train", None).labels, class_weighting)
+    seed = int(meta.get("config", {}).get("seed", 0))
+    preds, probs, val_probs, fitted = _configured_grading(decoder, val, test, splits.get("train"), settings, class_weights,
+                                                          seed=seed)
     names, labels, val_labels = test.names, test.labels, val.labels
     patients = np.asarray(test.patients)
     boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
@@ -281,8 +250,6 @@ def evaluate_variant(
         # How the train stage left the last layer (retinopathy.refit); absent from model files made before it.
         "refit": meta.get("refit", {"applied": False, "reason": "the model file has no refit record"}),
     }
-    metrics["components"] = components(decoder.head, splits["val"], splits["test"], splits["train"], seed=settings.bootstrap_seed,
-                                       blend_c=settings.blend_c, class_weights=class_weights)
     metrics["referable"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=2)
     metrics["sight_threatening"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=3)
     metrics["bootstrap"] = {"unit": "patient", "patients": int(len(set(patients))), "resamples": settings.bootstrap_resamples,
@@ -293,6 +260,7 @@ def evaluate_variant(
         frame[f"p{grade}"] = probs[:, grade].round(5)
     frame["p_referable"] = referable_score(probs).round(5)
     write_csv(predictions_out, frame)
+    metrics["seconds"] = round(time.perf_counter() - started, 1)  # the stage's wall time, model loading included
     write_json(metrics_out, metrics)
     auc = metrics["referable"]["auc"]
     print(

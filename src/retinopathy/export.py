@@ -2,7 +2,7 @@
 
 Next to ``OUT.onnx`` goes ``OUT.json``: the model's metadata (preprocessing settings, mean/std, grade
 names, provenance) and the input and output names, so the ONNX file grades photographs without this
-package.
+package. Neither file may be an existing directory, the model file, or the other (:func:`check_export_outputs`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from retinopathy.inference import load_model
-from retinopathy.utils import atomic_path, write_json
+from retinopathy.utils import OutputPathError, atomic_path, check_outputs_apart, write_json
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
@@ -48,6 +48,24 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def sidecar_path(out: str | os.PathLike[str]) -> Path:
+    """``OUT.json`` next to ``OUT.onnx``."""
+    return Path(out).with_suffix(".json")
+
+
+def check_export_outputs(model_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """Refuse an ONNX path (or its sidecar) that is an existing directory, the model file, or the other, before anything is written.
+
+    Raises:
+        OutputPathError: naming the path.
+    """
+    outputs = [("--onnx", Path(out)), ("its sidecar OUT.json", sidecar_path(out))]
+    for flag, path in outputs:
+        if path.is_dir():
+            raise OutputPathError(f"{flag} {path} is an existing directory; the export writes a file there (nothing was written)")
+    check_outputs_apart(outputs, [("the model", Path(model_path))])
+
+
 def export_onnx(model_path: str | os.PathLike[str], out: str | os.PathLike[str], *, check_batch: int = 3, seed: int = 0) -> dict[str, Any]:
     """Write ``out`` (ONNX, dynamic batch axis) and its JSON sidecar; fail unless onnxruntime matches PyTorch.
 
@@ -59,11 +77,13 @@ def export_onnx(model_path: str | os.PathLike[str], out: str | os.PathLike[str],
 
     Raises:
         FileNotFoundError, ValueError: the model is missing or not a retinopathy model.
+        OutputPathError: ``out`` or its sidecar is an existing directory, the model, or the other (a ``ValueError``).
         RuntimeError: the exported graph differs from PyTorch by ``TOLERANCE`` or more.
     """
     import onnxruntime as ort  # only the export needs it
 
     out = Path(out)
+    check_export_outputs(model_path, out)
     model, meta = load_model(model_path, torch.device("cpu"))
     if meta["head"] != "classification":
         raise ValueError(f"{model_path}: ONNX export covers classification heads (probabilities out); "
@@ -95,5 +115,5 @@ def export_onnx(model_path: str | os.PathLike[str], out: str | os.PathLike[str],
         },
         "preprocessing_steps": PREPROCESSING_STEPS,
     }
-    write_json(out.with_suffix(".json"), sidecar)
+    write_json(sidecar_path(out), sidecar)
     return sidecar

@@ -51,7 +51,8 @@ def make_figures(
     runs = load_runs(seeds, eval_dir=eval_dir, predictions_dir=predictions_dir, train_dir=history_dir, archs=archs)
     pooled_by_variant = {variant: _pooled(variant_runs) for variant, variant_runs in runs.items()}
     rows = {}
-    with atomic_path(out_dir) as figures, atomic_path(plots_dir) as plots:
+    # Each folder replaces only an earlier run's figures or plots (retinopathy.utils.atomic_path refuses others).
+    with atomic_path(out_dir, replace_dir=True) as figures, atomic_path(plots_dir, replace_dir=True) as plots:
         figures.mkdir()
         plots.mkdir()
         for arch in archs:

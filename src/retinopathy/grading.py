@@ -1,8 +1,11 @@
 """Grade new photographs with a saved model: collect the inputs, predict, explain (Grad-CAM), write one CSV.
 
-Every photograph takes the training path (:func:`retinopathy.inference.photograph_input`). A photograph
-that cannot be graded (not an image, truncated or corrupt, empty, no field of view) is named on stderr
-with its reason and gets no row in the CSV; the others are still graded.
+Every photograph takes the training path (:func:`retinopathy.inference.photograph_input`), in the arithmetic
+the model was trained and evaluated in where the machine runs it natively (:func:`retinopathy.inference.grading_precision`).
+A photograph that cannot be graded (not an image, truncated or corrupt, empty, too large, no field of view, or
+anything else reading or cropping it raises) is named on stderr with its reason and gets no row in the CSV; the
+others are still graded. Outputs never go over, into or around an input, the model or each other
+(:func:`check_grading_outputs`), and an existing directory is never replaced by a file.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,10 +24,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from retinopathy.images import open_rgb
-from retinopathy.inference import load_model, model_decoder, outputs, photograph_input
-from retinopathy.precision import resolve_precision
-from retinopathy.preprocessing import Cropped
-from retinopathy.utils import atomic_path, select_device, write_csv
+from retinopathy.inference import grading_precision, load_model, model_decoder, outputs, photograph_input
+from retinopathy.preprocessing import Cropped, failure_reason, image_failure
+from retinopathy.utils import OutputPathError, atomic_path, check_outputs_apart, select_device, write_csv
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
 # A CSV list names its images in one column, or in a column with one of these headers.
@@ -119,13 +121,20 @@ def collect_inputs(inputs: Iterable[str | os.PathLike[str]]) -> tuple[list[Path]
 
 
 def patient_and_eye(path: Path) -> tuple[str, str]:
-    """``.../10_left.jpeg`` -> ``("10", "left")``; ``("", "")`` for a name without ``_left``/``_right``."""
+    """``clinicA/10_left.jpeg`` -> ``("clinicA/10", "left")``; ``("", "")`` for a name without ``_left``/``_right``.
+
+    The patient is the folder (as given) and the name before ``_left``/``_right``: two clinics' ``10_left``
+    are two people, and numbering restarts in every folder a user collects photographs in.
+    """
     stem, sep, side = path.stem.rpartition("_")
-    return (stem, side) if sep and stem and side in ("left", "right") else ("", "")
+    return (str(path.parent / stem), side) if sep and stem and side in ("left", "right") else ("", "")
 
 
 def patient_grades(frame: pd.DataFrame) -> pd.Series:
-    """The worse eye's predicted grade of each patient, on both eyes' rows; empty unless both eyes were graded."""
+    """The worse eye's predicted grade of each patient, on all its rows; empty unless a left and a right eye were graded.
+
+    Two photographs of one eye do not make a two-eye patient.
+    """
     out = pd.Series(pd.NA, index=frame.index, dtype="Int64")
     named = frame[frame["patient"] != ""]
     for _, rows in named.groupby("patient"):
@@ -168,14 +177,48 @@ def heatmap_overlay(path: Path, cropped: Cropped, cam: np.ndarray) -> Image.Imag
     return Image.composite(overlay, photo, circle)  # the black border stays as photographed
 
 
-def _heatmap_path(folder: Path, image: Path, taken: set[Path]) -> Path:
-    """``<folder>/<stem>.png``, numbered when two inputs share a stem."""
-    out, n = folder / f"{image.stem}.png", 1
-    while out in taken:
-        n += 1
-        out = folder / f"{image.stem}-{n}.png"
-    taken.add(out)
-    return out
+def heatmap_paths(folder: Path, images: Sequence[Path]) -> dict[Path, Path]:
+    """Each image's heatmap, ``<folder>/<stem>.png``, numbered (``<stem>-2.png``) when inputs share a stem."""
+    taken: set[Path] = set()
+    paths = {}
+    for image in images:
+        out, n = folder / f"{image.stem}.png", 1
+        while out in taken:
+            n += 1
+            out = folder / f"{image.stem}-{n}.png"
+        taken.add(out)
+        paths[image] = out
+    return paths
+
+
+def check_grading_outputs(
+    model_path: Path, inputs: Sequence[Path], images: Sequence[Path], *, out: Path | None, heatmaps: Path | None
+) -> None:
+    """Refuse outputs that would write over, into or around what is read, before anything is written.
+
+    ``out`` may not be an existing directory; ``heatmaps`` may be a new or an existing directory (its other
+    files are left alone) but not a file. Neither may be, lie inside or contain an input (as given, or an image
+    a folder or CSV list yields), the model file, or the other.
+
+    Raises:
+        OutputPathError: naming the path and what it collides with.
+    """
+    if out is not None and out.is_dir():
+        raise OutputPathError(f"--out {out} is an existing directory; --out names the CSV file to write (nothing was written)")
+    if heatmaps is not None and heatmaps.exists() and not heatmaps.is_dir():
+        raise OutputPathError(f"--heatmaps {heatmaps} exists and is not a directory (nothing was written)")
+    outputs = [(flag, path) for flag, path in (("--out", out), ("--heatmaps", heatmaps)) if path is not None]
+    given = [(_input_kind(item), item) for item in inputs]
+    check_outputs_apart(outputs, [("the model", model_path), *given, *(("input image", image) for image in images)])
+    if heatmaps is not None:
+        for image, target in heatmap_paths(heatmaps, images).items():
+            if target.is_dir():
+                raise OutputPathError(f"--heatmaps: the heatmap of {image} would be {target}, an existing directory (nothing was written)")
+
+
+def _input_kind(item: Path) -> str:
+    """How an INPUT is named in an error."""
+    return "input folder" if item.is_dir() else "input CSV list" if item.suffix.lower() == ".csv" else "input"
 
 
 def grade_photographs(
@@ -190,40 +233,42 @@ def grade_photographs(
 ) -> Grading:
     """Grade every photograph ``inputs`` name; write the CSV (``out``) and the heatmaps (``heatmaps``) if asked.
 
-    Columns: image, patient, eye, grade, p0..p4, p_referable (p2 + p3 + p4), patient_grade (the
-    worse eye's grade, only when both eyes of the patient were graded).
+    Columns: image, patient (folder and name before ``_left``/``_right``), eye, grade, p0..p4, p_referable
+    (p2 + p3 + p4), patient_grade (the worse eye's grade, only when a left and a right eye of the patient
+    were graded). The CSV is written whole at the end, atomically, even when no photograph could be graded,
+    so a CSV of an earlier run never stands for this one.
 
     Raises:
         FileNotFoundError: the model file is missing.
-        ValueError: the model file is not a retinopathy model.
+        ValueError: the model file is not a retinopathy model, ``device`` is not on this machine
+            (:class:`retinopathy.utils.DeviceUnavailableError`), or an output collides with an input, the
+            model or another output (:class:`retinopathy.utils.OutputPathError`); nothing is written then.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
     dev = select_device(device)
     model, meta = load_model(model_path, dev)
     decoder = model_decoder(meta)
-    precision, _ = resolve_precision("auto", dev)
+    precision, _ = grading_precision(meta, dev, model_path=model_path)
     paths, failures = collect_inputs(inputs)
+    heat_dir = Path(heatmaps) if heatmaps is not None else None
+    check_grading_outputs(Path(model_path), [Path(item) for item in inputs], paths, out=Path(out) if out is not None else None, heatmaps=heat_dir)
     for failure in failures:
         print(f"cannot grade {failure}", file=sys.stderr)
-    heat_dir = Path(heatmaps) if heatmaps is not None else None
+    heat_targets = heatmap_paths(heat_dir, paths) if heat_dir is not None else {}
     if heat_dir is not None:
         heat_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     written: list[Path] = []
-    taken: set[Path] = set()
     bar = tqdm(total=len(paths), desc="grade", unit="img", dynamic_ncols=True, disable=not progress)
+
+    def fail(path: Path, reason: str) -> None:
+        failure = Failure(str(path), reason)
+        failures.append(failure)
+        bar.write(f"cannot grade {failure}", file=sys.stderr)
+
     for start in range(0, len(paths), batch_size):
-        batch: list[tuple[Path, torch.Tensor, Cropped]] = []
-        for path in paths[start : start + batch_size]:
-            try:
-                tensor, cropped = photograph_input(path, meta)
-            except (OSError, ValueError) as exc:  # FileNotFoundError is an OSError
-                failure = Failure(str(path), str(exc))
-                failures.append(failure)
-                bar.write(f"cannot grade {failure}", file=sys.stderr)
-                continue
-            batch.append((path, tensor, cropped))
+        batch = _read_batch(paths[start : start + batch_size], meta, fail)
         bar.update(min(batch_size, len(paths) - start))
         if not batch:
             continue
@@ -231,18 +276,13 @@ def grade_photographs(
         raw = outputs(model, images, dev, precision=precision, head=decoder.head).numpy()
         # The model's own decoding: argmax, or the cut-points tuned on its validation set.
         probs, grades = decoder.probabilities(raw), decoder.grades(raw)
+        kept = [True] * len(batch)
         if heat_dir is not None:
             # A regression head has one output: its map shows what raises the predicted grade.
             cams = grad_cams(model, images, grades if decoder.head == "classification" else [0] * len(batch), dev)
-            for (path, _, cropped), cam in zip(batch, cams):
-                target = _heatmap_path(heat_dir, path, taken)
-                with atomic_path(target) as tmp:
-                    heatmap_overlay(path, cropped, cam).save(tmp, format="PNG")
-                written.append(target)
-        for (path, _, _), p, grade in zip(batch, probs, grades):
-            patient, eye = patient_and_eye(path)
-            rows.append({"image": str(path), "patient": patient, "eye": eye, "grade": int(grade),
-                         **{f"p{g}": round(float(p[g]), 6) for g in range(len(p))}, "p_referable": round(float(p[2:].sum()), 6)})
+            kept = _write_heatmaps(batch, cams, heat_targets, fail)
+            written += [heat_targets[path] for (path, _, _), keep in zip(batch, kept) if keep]
+        rows += [_row(path, p, grade) for (path, _, _), p, grade, keep in zip(batch, probs, grades, kept) if keep]
     bar.close()
     columns = ["image", "patient", "eye", "grade", *[f"p{g}" for g in range(len(meta["grade_names"]))], "p_referable"]
     frame = pd.DataFrame(rows, columns=columns)
@@ -251,6 +291,43 @@ def grade_photographs(
     if out is not None:
         write_csv(out, frame)
     return Grading(frame, meta["grade_names"], failures, written)
+
+
+def _read_batch(paths: Sequence[Path], meta: dict[str, Any], fail: Callable[[Path, str], None]) -> list[tuple[Path, torch.Tensor, Cropped]]:
+    """The network's input of each photograph that can be read and cropped; ``fail`` is told about each one that cannot."""
+    batch = []
+    for path in paths:
+        try:
+            tensor, cropped = photograph_input(path, meta)
+        except Exception as exc:  # missing, corrupt, too large, no field of view, or anything else one file can cause
+            fail(path, image_failure(path, exc))
+            continue
+        batch.append((path, tensor, cropped))
+    return batch
+
+
+def _write_heatmaps(
+    batch: Sequence[tuple[Path, torch.Tensor, Cropped]], cams: np.ndarray, targets: dict[Path, Path], fail: Callable[[Path, str], None]
+) -> list[bool]:
+    """Write each photograph's heatmap to ``targets[path]``; whether each was written (``fail`` is told about the others)."""
+    written = []
+    for (path, _, cropped), cam in zip(batch, cams):
+        try:
+            with atomic_path(targets[path]) as tmp:
+                heatmap_overlay(path, cropped, cam).save(tmp, format="PNG")
+        except Exception as exc:  # one photograph's heatmap: the run goes on, and that photograph counts as failed
+            fail(path, f"{path}: heatmap not written: {failure_reason(exc)}")
+            written.append(False)
+            continue
+        written.append(True)
+    return written
+
+
+def _row(path: Path, probs: np.ndarray, grade: int) -> dict[str, Any]:
+    """One CSV row: the photograph, its patient and eye, grade and probabilities."""
+    patient, eye = patient_and_eye(path)
+    return {"image": str(path), "patient": patient, "eye": eye, "grade": int(grade),
+            **{f"p{g}": round(float(probs[g]), 6) for g in range(len(probs))}, "p_referable": round(float(probs[2:].sum()), 6)}
 
 
 def summary_table(grading: Grading, *, rows: int = TABLE_ROWS) -> str:

@@ -5,7 +5,8 @@ grayscale at 255 (a fundus becomes a white disc), it drops alpha and keeps whate
 transparent pixels hold (a white background becomes part of the field of view), and it ignores
 the EXIF orientation tag (sideways photographs stay sideways). Here deep modes are scaled by their
 bit depth, transparent pixels become black (the fundus background) and the EXIF orientation is
-applied.
+applied. A file whose header claims more than :data:`MAX_PIXELS` pixels is refused before it is
+decoded, so a tiny file cannot make the decoder allocate gigabytes (a "decompression bomb").
 
 This module imports only PIL and numpy, so every other module may use it.
 """
@@ -13,6 +14,7 @@ This module imports only PIL and numpy, so every other module may use it.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -20,6 +22,12 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 # Modes whose colour channels are already multiplied by alpha, i.e. already composited on black.
 PREMULTIPLIED_MODES = ("La", "RGBa")
 DEEP_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+# The most pixels a photograph may have: 100 megapixels is several times any fundus camera's frame (the
+# Kaggle/EyePACS photographs are under 20 MP) and decodes to 300 MB of 8-bit RGB. It is PIL's own guard too
+# (for the whole process), so a bomb is caught while its header is read, on every path: PIL warns above the
+# limit, which open_rgb turns into an error, and raises at twice it.
+MAX_PIXELS = 100_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -69,6 +77,10 @@ def _deep_to_rgb(image: Image.Image) -> Image.Image:
     return Image.merge("RGB", (gray, gray, gray))
 
 
+class TooManyPixelsError(ValueError):
+    """A photograph whose header claims more than :data:`MAX_PIXELS` pixels (a decompression bomb, or not a photograph)."""
+
+
 def open_rgb(path: str | os.PathLike[str], *, draft_side: int | None = None) -> tuple[Image.Image, bool]:
     """Decode ``path`` upright as 8-bit RGB; a JPEG at the smallest scale whose shorter side is at least ``draft_side``.
 
@@ -77,19 +89,36 @@ def open_rgb(path: str | os.PathLike[str], *, draft_side: int | None = None) -> 
 
     Raises:
         FileNotFoundError: naming the missing file.
+        TooManyPixelsError: naming a file with more than :data:`MAX_PIXELS` pixels (a ``ValueError``).
         ValueError: naming a corrupt, truncated or unreadable file.
     """
     try:
-        with Image.open(path) as img:
-            full = img.size
-            if draft_side is not None and img.format == "JPEG":
-                img.draft("RGB", (draft_side, draft_side))
-            reduced = img.size != full
-            # After draft: libjpeg picks the reduced scale on the stored frame, and transposing first would decode it in full.
-            if img.getexif().get(ExifTags.Base.Orientation, 1) not in (0, 1):
-                img = ImageOps.exif_transpose(img)
-            return to_rgb(img), reduced
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                check_pixel_count(img.size)  # in case Image.MAX_IMAGE_PIXELS was changed since import
+                full = img.size
+                if draft_side is not None and img.format == "JPEG":
+                    img.draft("RGB", (draft_side, draft_side))
+                reduced = img.size != full
+                # After draft: libjpeg picks the reduced scale on the stored frame, and transposing first would decode it in full.
+                if img.getexif().get(ExifTags.Base.Orientation, 1) not in (0, 1):
+                    img = ImageOps.exif_transpose(img)
+                return to_rgb(img), reduced
     except FileNotFoundError:
         raise FileNotFoundError(f"image not found: {path}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, TooManyPixelsError) as exc:
+        raise TooManyPixelsError(f"image {path} is too large to decode: {exc}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ValueError(f"corrupt or unreadable image {path}: {exc}") from exc
+
+
+def check_pixel_count(size: tuple[int, int]) -> None:
+    """Refuse a ``(width, height)`` over :data:`MAX_PIXELS` before any pixel is decoded.
+
+    Raises:
+        TooManyPixelsError: giving the size and the limit.
+    """
+    width, height = size
+    if width * height > MAX_PIXELS:
+        raise TooManyPixelsError(f"{width} x {height} = {width * height:,} pixels, more than the limit of {MAX_PIXELS:,}")

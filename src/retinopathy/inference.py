@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from retinopathy.data import build_transform
 from retinopathy.decoding import Decoder, head_outputs
 from retinopathy.models import build_model
-from retinopathy.precision import autocast
+from retinopathy.precision import autocast, resolve_precision
 from retinopathy.preprocessing import CropSettings, Cropped, crop_photograph, crop_settings_record
 from retinopathy.utils import load_checkpoint
 
@@ -114,6 +114,32 @@ def load_model(path: str | os.PathLike[str], device: torch.device) -> tuple[nn.M
 def model_decoder(meta: dict[str, Any]) -> Decoder:
     """The decoder a loaded model carries."""
     return Decoder.from_dict(meta["decoding"])
+
+
+def grading_precision(meta: dict[str, Any], device: torch.device, *, model_path: str | os.PathLike[str] = "the model") -> tuple[str, str]:
+    """The arithmetic to grade a loaded model in on ``device``, and why.
+
+    The precision the model records (the one it was trained and evaluated in) where ``device`` runs it
+    natively, fp32 elsewhere: an fp32 model is always graded in fp32, so grading gives the evaluate stage's
+    probabilities on any machine, and emulated bf16 (slower than fp32) is never used.
+
+    Raises:
+        ValueError: naming ``model_path`` when the recorded precision is none of fp32, bf16, fp16.
+    """
+    recorded = meta.get("precision", "fp32")
+    if recorded == "fp32":
+        return "fp32", "recorded in the model"
+    if recorded == "fp16":
+        if device.type == "cuda":
+            return "fp16", "recorded in the model"
+        return "fp32", "the model records fp16, which runs on CUDA only"
+    if recorded == "bf16":
+        # resolve_precision's auto is bf16 exactly where the hardware runs it natively.
+        native, evidence = resolve_precision("auto", device)
+        if native == "bf16":
+            return "bf16", f"recorded in the model; {evidence}"
+        return "fp32", f"the model records bf16, which this {device.type} device does not run natively ({evidence})"
+    raise ValueError(f"{model_path} records precision {recorded!r}; expected fp32, bf16 or fp16")
 
 
 def crop_settings(meta: dict[str, Any]) -> CropSettings:

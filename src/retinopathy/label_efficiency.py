@@ -92,7 +92,9 @@ def summarize_study(
     mean over test patients (both eyes together; the same resample for every seed), so it covers test
     sampling, not training randomness, whose spread is ``*_seed_sd``. The difference (pretrained minus
     from scratch) is :func:`retinopathy.statistics.paired_difference`: the same test patients for both
-    arms, and, with two or more seeds per arm, the seeds resampled too.
+    arms, and, with two or more seeds per arm, the spread between seeds added on a Student t quantile
+    with Welch-Satterthwaite degrees of freedom (``difference_df``), which with two seeds per arm can be
+    as few as 1 and gives a wide interval, honestly.
 
     Raises:
         FileNotFoundError: naming the first missing stage output.
@@ -152,6 +154,7 @@ def summarize_study(
             "difference": round(diff["difference"], 4),
             "difference_low": round(diff["low"], 4),
             "difference_high": round(diff["high"], 4),
+            "difference_df": diff.get("df", float("nan")),
             "difference_covers": diff["accounts_for"],
             "verdict": diff["verdict"],
         })
@@ -169,8 +172,10 @@ def interval_note(seeds: Sequence[int], settings: SummarySettings) -> str:
         "retinopathy.statistics.patient_bootstrap): it covers test-set sampling only, not training randomness, "
         "whose spread over seeds is the seed SD column (and the dots of the figure). Pretrained minus scratch: "
         "paired on the same test patients (retinopathy.statistics.paired_difference); "
-        + ("each replicate also resamples each arm's seeds, so its interval covers training randomness too."
-           if len(seeds) > 1 else "with one seed per arm it covers test patients only.")
+        + ("its interval adds the variance between each arm's seeds to the patient-bootstrap variance and takes a "
+           "Student t quantile with Welch-Satterthwaite degrees of freedom (df column), so it covers training "
+           "randomness too; with few seeds the df are few and the interval wide."
+           if len(seeds) > 1 else "with one seed per arm it is a patient bootstrap and covers test patients only.")
     )
 
 
@@ -195,16 +200,17 @@ def markdown_table(table: pd.DataFrame, *, seeds: Sequence[int], settings: Summa
         interval_note(seeds, settings),
         "",
         f"| label fraction | labelled patients | labelled images | pretrained QWK ({level} interval) | seed SD "
-        f"| from scratch QWK ({level} interval) | seed SD | pretrained - scratch ({level} interval) | verdict |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| from scratch QWK ({level} interval) | seed SD | pretrained - scratch ({level} interval) | df | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, row in table.iterrows():
         arms = [(_cell(row[f"{arm}_qwk"], row[f"{arm}_low"], row[f"{arm}_high"]),
                  "-" if pd.isna(row[f"{arm}_seed_sd"]) else f"{row[f'{arm}_seed_sd']:.3f}") for arm in ARMS.values()]
         difference = _cell(row["difference"], row["difference_low"], row["difference_high"], signed=True)
+        df = "-" if pd.isna(row.get("difference_df")) else f"{row['difference_df']:.1f}"
         lines.append(
             f"| {row['fraction']:g} | {row['train_patients']} | {row['train_images']} | {arms[0][0]} | {arms[0][1]} "
-            f"| {arms[1][0]} | {arms[1][1]} | {difference} | {row['verdict']} |"
+            f"| {arms[1][0]} | {arms[1][1]} | {difference} | {df} | {row['verdict']} |"
         )
     if figure is not None:
         lines += ["", f"![test QWK against labelled training images]({figure})"]

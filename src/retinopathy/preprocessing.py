@@ -1,9 +1,9 @@
 """Turn raw photographs into the processed set: field-of-view crop, resize, one PNG per image, in parallel.
 
-Bad images (missing, corrupt or truncated, or without a visible field of view) are all found in
-one pass. With ``on_bad_image="error"`` the set is not written and one error lists every one of
-them; with ``"skip"`` they are left out. Either way the report names them and gives the
-throughput of the run.
+Bad images (missing, corrupt or truncated, larger than :data:`retinopathy.images.MAX_PIXELS`,
+or without a visible field of view) are all found in one pass. With ``on_bad_image="error"`` the set
+is not written and one error lists every one of them; with ``"skip"`` they are left out. Either way
+the report names them and gives the throughput of the run.
 """
 
 from __future__ import annotations
@@ -126,11 +126,22 @@ def process_image(src: Path, dst: Path, settings: CropSettings) -> Processed:
         image.save(dst, format="PNG", compress_level=1)
     except FileNotFoundError as exc:
         return Processed("missing", str(exc), None, 0)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # whatever one file makes the decoder or the crop raise is that file's problem, not the run's
         dst.unlink(missing_ok=True)
-        return Processed("unreadable", f"{src}: {exc}" if str(src) not in str(exc) else str(exc), None, 0)
+        return Processed("unreadable", image_failure(src, exc), None, 0)
     flat = np.asarray(image).reshape(-1, 3).astype(np.float64)
     return Processed(None, None, np.stack([flat.sum(axis=0), (flat**2).sum(axis=0)]), flat.shape[0])
+
+
+def failure_reason(exc: Exception) -> str:
+    """Why one file failed, in one line: the message of our own errors, the exception's type and message otherwise."""
+    return str(exc) if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {exc}"
+
+
+def image_failure(src: str | os.PathLike[str], exc: Exception) -> str:
+    """One line naming ``src`` and why it could not be read or cropped (:func:`failure_reason`)."""
+    reason = failure_reason(exc)
+    return reason if str(src) in reason else f"{src}: {reason}"
 
 
 def _process_job(job: tuple[Path, Path, CropSettings]) -> Processed:
@@ -161,7 +172,8 @@ def assign_splits(
     """Train, val and test (and ``unlabeled`` where there is a pool), every split by patient.
 
     A layout with a given test split (the course one) keeps it; otherwise ``test_fraction`` of the
-    labelled images is held out first. Validation is ``val_fraction`` of what remains for training.
+    labelled patients is held out first. Validation is ``val_fraction`` of the patients that remain for
+    training, each share to within half a patient (:func:`retinopathy.data.split_by_patient`).
     """
     train = tables["train"]
     if "test" in tables:
@@ -179,8 +191,19 @@ LEAK_POLICIES = ("error", "warn", "resplit")
 LABELLED_SPLITS = ("train", "val", "test")
 
 
+# The splits a model is scored on: no eye of their patients may reach training or pretraining.
+HELD_OUT_SPLITS = ("val", "test")
+
+
 class SplitLeakError(ValueError):
     """Patients with eyes on both sides of a given split; the message lists them."""
+
+
+def of_held_out_patients(images: pd.Series, splits: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
+    """For ``val`` and ``test``: which of ``images`` belong to a patient with an eye in that split (:func:`patient_of`)."""
+    patients = images.astype(str).map(patient_of)
+    return {split: patients.isin({patient_of(str(image)) for image in splits[split]["image"]}).to_numpy(dtype=bool)
+            for split in HELD_OUT_SPLITS}
 
 
 def split_leaks(splits: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
@@ -198,13 +221,14 @@ def split_leaks(splits: dict[str, pd.DataFrame]) -> list[dict[str, Any]]:
 def resolve_split_leaks(
     splits: dict[str, pd.DataFrame], policy: str
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
-    """Apply ``data.on_split_leak`` and keep every test patient out of the pretraining pool.
+    """Apply ``data.on_split_leak`` and keep every validation and test patient out of the pretraining pool.
 
     ``error`` stops, listing the leaking patients; ``warn`` keeps the given split (so results stay
     comparable with others who use it) and lists them; ``resplit`` moves each leaking patient's
     eyes to test when one of them is there (the given test set stays whole), else to val. Whatever
-    the policy, pool images of patients with an eye in test are dropped: self-supervised
-    pretraining on them would show the network the other eye of a test patient.
+    the policy, pool images of patients with an eye in validation or test are dropped: self-supervised
+    pretraining on them would show the network the other eye of a patient it is scored on (validation
+    chooses the epoch, the cut-points and the screening thresholds; test reports the results).
 
     Returns:
         The splits to process, and the report's ``split_leaks`` section.
@@ -233,12 +257,12 @@ def resolve_split_leaks(
                     out[target] = pd.concat([out[target], frame[leaving]], ignore_index=True)
                     out[split] = frame[~leaving].reset_index(drop=True)
                     moved += [f"{image} ({split} -> {target})" for image in leak[split]]
-    pool_dropped: list[str] = []
+    pool_dropped: dict[str, list[str]] = {split: [] for split in HELD_OUT_SPLITS}
     if "unlabeled" in out:
-        test_patients = {patient_of(str(image)) for image in out["test"]["image"]}
-        in_test = out["unlabeled"]["image"].map(lambda image: patient_of(str(image)) in test_patients)
-        pool_dropped = out["unlabeled"].loc[in_test, "image"].astype(str).tolist()
-        out["unlabeled"] = out["unlabeled"][~in_test].reset_index(drop=True)
+        pool = out["unlabeled"]
+        of_held_out = of_held_out_patients(pool["image"], out)
+        pool_dropped = {split: pool.loc[mask, "image"].astype(str).tolist() for split, mask in of_held_out.items()}
+        out["unlabeled"] = pool[~np.logical_or.reduce(list(of_held_out.values()))].reset_index(drop=True)
     if leaks and policy == "warn":
         print(
             f"WARNING: {len(leaks)} patient(s) have eyes on both sides of the given split (kept as given, "
@@ -250,7 +274,8 @@ def resolve_split_leaks(
         "patient_count": len(leaks),
         "patients": leaks,
         "moved": moved,
-        "pool_images_of_test_patients_dropped": pool_dropped,
+        "pool_images_of_val_patients_dropped": pool_dropped["val"],
+        "pool_images_of_test_patients_dropped": pool_dropped["test"],
     }
     return out, report
 
@@ -264,16 +289,17 @@ def apply_label_fraction(
     the same at every fraction. Whole patients only, stratified by patient grade (the worse eye) and
     seeded (:func:`retinopathy.data.keep_labelled_fraction`). Set-aside images join ``unlabeled``, which
     self-supervised pretraining reads, so pretraining sees the same pictures at every fraction; those of a
-    patient with an eye in test (a given split kept with ``on_split_leak: warn``) are dropped instead,
-    since the pool never holds an eye of a test patient. At 1.0 the splits are returned unchanged.
+    patient with an eye in validation or test (a given split kept with ``on_split_leak: warn``) are dropped
+    instead, since the pool never holds an eye of a patient the model is scored on. At 1.0 the splits are
+    returned unchanged.
 
     Returns:
         The splits, and the report's ``label_fraction`` section (patients and images kept and moved).
     """
     train = splits["train"]
     kept, aside = keep_labelled_fraction(train, fraction=fraction, seed=seed)
-    test_patients = {patient_of(str(image)) for image in splits["test"]["image"]}
-    of_test = aside["image"].map(lambda image: patient_of(str(image)) in test_patients).astype(bool)
+    of_held_out = of_held_out_patients(aside["image"], splits)
+    dropped = np.logical_or.reduce(list(of_held_out.values()))
     grades_before, grades_kept = patient_grades(train), patient_grades(kept)
     report = {
         "fraction": fraction,
@@ -283,17 +309,17 @@ def apply_label_fraction(
         "train_images": int(len(train)),
         "kept_patients": int(len(grades_kept)),
         "kept_images": int(len(kept)),
-        "patients_moved_to_pool": int(aside.loc[~of_test, "image"].map(patient_of).nunique()),
-        "images_moved_to_pool": int((~of_test).sum()),
+        "patients_moved_to_pool": int(aside.loc[~dropped, "image"].map(patient_of).nunique()),
+        "images_moved_to_pool": int((~dropped).sum()),
         "train_patients_per_grade": np.bincount(grades_before, minlength=NUM_CLASSES).tolist(),
         "kept_patients_per_grade": np.bincount(grades_kept, minlength=NUM_CLASSES).tolist(),
-        "set_aside_images_of_test_patients_dropped": aside.loc[of_test, "image"].astype(str).tolist(),
+        **{f"set_aside_images_of_{split}_patients_dropped": aside.loc[mask, "image"].astype(str).tolist() for split, mask in of_held_out.items()},
     }
     if aside.empty:
         return splits, report
     out = dict(splits)
     out["train"] = kept
-    pooled = aside[~of_test].assign(level=-1)
+    pooled = aside[~dropped].assign(level=-1)
     pool = [splits["unlabeled"]] if "unlabeled" in splits else []
     out["unlabeled"] = pd.concat([*pool, pooled], ignore_index=True)
     return out, report
@@ -305,8 +331,8 @@ def _split(frame: pd.DataFrame, *, fraction: float, seed: int, what: str) -> tup
         return split_by_patient(frame, fraction=fraction, seed=seed)
     except ValueError as exc:
         raise ValueError(
-            f"cannot hold out {fraction:g} of {len(frame)} images for {what}, stratified by level and by patient: {exc} "
-            "(a larger fraction or more images per grade helps)"
+            f"cannot hold out {fraction:g} of the patients of {len(frame)} images for {what}: {exc} "
+            "(choose a fraction that leaves at least one patient on each side)"
         ) from exc
 
 
@@ -314,7 +340,7 @@ def _bad_image_error(bad: list[dict], unlisted: Sequence[str], listed: int, repo
     """One error naming every bad image and unlisted file (up to ``MAX_LISTED`` each when a report has them all)."""
     cap = MAX_LISTED if report_path is not None else None
     sections = []
-    for kind, title in (("missing", "listed but missing"), ("unreadable", "corrupt, truncated or without a field of view")):
+    for kind, title in (("missing", "listed but missing"), ("unreadable", "corrupt, truncated, too large or without a field of view")):
         lines = [f"{b['split']} {b['image']!r}: {b['message']}" for b in bad if b["kind"] == kind]
         if lines:
             sections.append((f"{len(lines)} {title}", lines))
@@ -375,7 +401,8 @@ def build_processed_set(
     splits, fraction_report = apply_label_fraction(splits, fraction=label_fraction, seed=seed)
     workers = workers or default_workers()
     rows = [(split, name, Path(path)) for split, frame in splits.items() for name, path in zip(frame["image"], frame["path"])]
-    with atomic_path(out_dir) as tmp:
+    # A folder left by an earlier run is replaced (DVC removes it before a rerun); one holding other files is refused.
+    with atomic_path(out_dir, replace_dir=True) as tmp:
         for split in splits:
             (tmp / split).mkdir(parents=True)
         start = time.perf_counter()

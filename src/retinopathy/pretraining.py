@@ -16,16 +16,26 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from PIL import Image
 
+import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader
 from tqdm.auto import tqdm
 
-from retinopathy.data import IMAGENET_MEAN, IMAGENET_STD, build_transform, make_loader, processed_dataset, read_stats
+from retinopathy.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_transform,
+    listing,
+    make_loader,
+    patient_of,
+    processed_dataset,
+    read_stats,
+)
 from retinopathy.models import ResNet, backbone_state, build_model
 from retinopathy.precision import autocast, hardware, resolve_precision
-from retinopathy.training import make_optimizer, make_schedule, train_one_epoch
 from retinopathy.startpoints import write_start_point
+from retinopathy.training import make_optimizer, make_schedule, train_one_epoch
 from retinopathy.utils import seed_everything, select_device
 
 SOURCES = ("selfsup", "imagenet")
@@ -196,6 +206,23 @@ def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
     return backbone_state(model)
 
 
+def check_pool(data_dir: str | os.PathLike[str]) -> None:
+    """Refuse a processed set whose unlabelled pool holds an eye of a validation or test patient, naming each image.
+
+    The preprocess stage never puts one there; this catches a set made otherwise, before pretraining shows
+    the network the other eye of a patient that validation or test will score.
+    """
+    data_dir = Path(data_dir)
+    pool = pd.read_csv(data_dir / "unlabeled.csv", dtype={"image": str})["image"]
+    found = []
+    for split in ("val", "test"):
+        patients = set(pd.read_csv(data_dir / f"{split}.csv", dtype={"image": str})["image"].map(patient_of))
+        found += [f"{image!r} (patient {patient_of(image)!r} is in {split})" for image in pool if patient_of(image) in patients]
+    if found:
+        raise ValueError(f"{data_dir / 'unlabeled.csv'}: {len(found)} pool image(s) of validation or test patients; "
+                         f"rerun the preprocess stage (dvc repro preprocess):{listing(found)}")
+
+
 def pretrain_backbone(
     arch: str,
     *,
@@ -238,6 +265,7 @@ def pretrain_backbone(
         # Labels are never read: the pool and the training images are used as unlabelled pictures.
         parts = [processed_dataset(data_dir, "train", transform)]
         if (Path(data_dir) / "unlabeled.csv").is_file():
+            check_pool(data_dir)
             parts.append(processed_dataset(data_dir, "unlabeled", transform, labelled=False))
         loader = make_loader(ConcatDataset(parts), batch_size=batch_size, train=True, num_workers=num_workers, generator=generator, device=dev)
         common = dict(optimizer=optimizer, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, device=dev, zero_init_residual=zero_init_residual, precision=resolved)

@@ -3,7 +3,7 @@
 A few epochs of augmented mini-batch training leave the final linear layer short of its optimum for
 the rare grades: the default run's networks rank grade-4 eyes apart in their features but never
 give grade 4 the largest logit. Refitting that one layer as a multinomial logistic regression
-(scikit-learn, L-BFGS, L2 strength ``1 / C``) on the pooled features of the un-augmented training
+(scikit-learn, Newton-CG, L2 strength ``1 / C``) on the pooled features of the un-augmented training
 images, weighted per grade as training was, is the "classifier re-training" step of Kang et al.,
 *Decoupling Representation and Classifier for Long-Tailed Recognition*, ICLR 2020. The backbone is
 not touched; the result replaces ``model.fc`` in place, so the model file, ``retinopathy predict``
@@ -18,8 +18,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -27,7 +25,12 @@ from retinopathy.data import build_transform, make_loader, processed_dataset
 from retinopathy.inference import over_loader
 from retinopathy.precision import autocast
 
-MAX_ITER = 5000
+# Newton-CG rather than scikit-learn's default L-BFGS: the pooled features are unstandardised and badly
+# conditioned (2,048 of them for ResNet50), where L-BFGS took hundreds to thousands of iterations and most of a
+# train stage's wall time; Newton-CG's Hessian-vector steps reach the same optimum of the same objective in a few
+# tens (benchmarks/refit_solver.py measures both).
+SOLVER = "newton-cg"
+MAX_ITER = 1000
 
 
 @torch.no_grad()
@@ -61,13 +64,17 @@ def fit_classifier(
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {sorted(set(labels.tolist()))}")
+    # scikit-learn is imported here, not at module level: only a train stage that refits pays for it.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     weight = None if class_weights is None else {k: float(class_weights[k]) for k in range(num_classes)}
-    clf = LogisticRegression(C=c, class_weight=weight, max_iter=MAX_ITER)
+    clf = LogisticRegression(C=c, class_weight=weight, solver=SOLVER, max_iter=MAX_ITER)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         clf.fit(features, labels)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    info = {"c": c, "images": int(len(labels)), "iterations": int(np.max(clf.n_iter_)), "converged": converged}
+    info = {"c": c, "solver": SOLVER, "images": int(len(labels)), "iterations": int(np.max(clf.n_iter_)), "converged": converged}
     return clf.coef_, clf.intercept_, info
 
 

@@ -128,17 +128,63 @@ def _better(c: dict[str, Any]) -> str:
     return f"{better} better than {worse}"
 
 
+def _detected(c: dict[str, Any]) -> bool:
+    """Whether a comparison shows a difference: its interval excludes 0 and its verdict is not "undetermined"
+    (an undefined interval, or one model with a single seed against several: see
+    retinopathy.statistics.paired_difference)."""
+    return bool(c["low"] > 0 or c["high"] < 0) and not c["verdict"].startswith("undetermined")
+
+
+def _paired_note(compared: dict[str, Any], n_seeds: int) -> str:
+    """What the intervals of the paired differences cover and how they are built, in words."""
+    resamples = compared["settings"]["resamples"]
+    if n_seeds == 1:
+        return (f"Differences on the same test patients, first minus second, with 95% percentile intervals from {resamples} "
+                "bootstrap replicates that resample test patients (both eyes together, the same patients for both "
+                "variants) only: with one seed per variant, training randomness is not in these intervals.")
+    return (f"Differences on the same test patients, first minus second, mean over {n_seeds} training seeds. Each 95% "
+            "interval adds the variance between training seeds (each seed's metric on all test patients: training "
+            f"randomness) to the variance of the difference over {resamples} bootstrap replicates that resample test "
+            "patients (both eyes together, the same patients for both variants: test-set sampling), and takes a "
+            "Student t quantile with Welch-Satterthwaite degrees of freedom (df): with few seeds the df are few and "
+            "the intervals wide, by design (retinopathy.statistics.paired_difference).")
+
+
+def _paired_table(compared: dict[str, Any]) -> list[str]:
+    """The paired differences, one row each; with a df column where the intervals have one."""
+    comparisons = compared["comparisons"]
+    with_df = any("df" in c for c in comparisons)
+    df = (lambda c: f" {c['df']:.1f} |" if "df" in c else " - |") if with_df else (lambda c: "")
+    lines = ["| question | metric | difference (95% interval) |" + (" df |" if with_df else "") + " verdict |",
+             "|---|---|---|" + ("---|" if with_df else "") + "---|"]
+    lines += [f"| {c['question']} | {METRIC_NAMES[c['metric']]} | {_signed(c)} |{df(c)} {c['verdict']} |" for c in comparisons]
+    return lines
+
+
+def _screening_note(first: dict[str, Any]) -> str:
+    """How the sensitivity and specificity intervals are built (the evaluation records their method)."""
+    point = next((p for p in first["referable"]["operating_points"].values() if "test_sensitivity" in p), None)
+    method = None if point is None else point["test_sensitivity"].get("method")
+    if method is None:  # an evaluation written before proportion intervals: patient bootstrap
+        return "Sensitivity and specificity intervals: patient bootstrap."
+    return (f"Sensitivity and specificity intervals: {method}, a binomial interval on the number of eyes divided by "
+            "the design effect of two eyes per patient (retinopathy.statistics.proportion_interval), so that a "
+            "proportion of 1 still gets a lower bound below 1; the AUC interval is the patient bootstrap.")
+
+
 def _conclusions(compared: dict[str, Any]) -> list[str]:
     lines = []
     for question in dict.fromkeys(c["question"] for c in compared["comparisons"]):
         parts = [c for c in compared["comparisons"] if c["question"] == question]
-        detected = [c for c in parts if not c["low"] <= 0 <= c["high"]]
+        detected = [c for c in parts if _detected(c)]
         summary = "; ".join(f"{METRIC_NAMES[c['metric']]} {_signed(c)}" for c in parts)
         if detected:
             verdicts = "; ".join(f"{METRIC_NAMES[c['metric']]}: {_better(c)}" for c in detected)
             answer = f"a difference is detected in {len(detected)} of {len(parts)} metrics ({verdicts})."
-        else:
+        elif all(c["low"] <= 0 <= c["high"] for c in parts):
             answer = "no detectable difference in any metric: every interval spans 0."
+        else:
+            answer = "undetermined: " + "; ".join(f"{METRIC_NAMES[c['metric']]}: {c['verdict']}" for c in parts) + "."
         lines.append(f"- **{question}** {answer} Differences (first minus second, 95% interval): {summary}.")
     return lines
 
@@ -176,8 +222,8 @@ def write_report(
         "|---|---|---|---|---|---|---|",
         *[f"| {split} | {b['total']} | " + " | ".join(str(c) for c in b["counts"]) + " |" for split, b in balance.items()],
         "",
-        f"Test: {settings['test_images']} images of {settings['test_patients']} patients; every interval resamples patients "
-        "(both eyes together).",
+        f"Test: {settings['test_images']} images of {settings['test_patients']} patients; every interval counts patients, "
+        "not eyes (a bootstrap resamples both eyes of a patient together).",
         "",
         "## Setup",
         "",
@@ -195,16 +241,12 @@ def write_report(
         "",
         "## Paired differences",
         "",
-        f"Differences on the same test patients, first minus second, with 95% intervals from {settings['resamples']} "
-        "bootstrap replicates that resample test patients" + (" only: with one seed per variant, training randomness is "
-                                                              "not in these intervals." if one_seed else " and training seeds."),
+        _paired_note(compared, len(seeds)),
         "",
         "A variant is called better than another only where the 95% interval of their difference excludes zero; "
         "where it spans zero, the verdict is \"no detectable difference\".",
         "",
-        "| question | metric | difference (95% interval) | verdict |",
-        "|---|---|---|---|",
-        *[f"| {c['question']} | {METRIC_NAMES[c['metric']]} | {_signed(c)} | {c['verdict']} |" for c in compared["comparisons"]],
+        *_paired_table(compared),
         "",
         "![paired differences](forest.png)",
         "",
@@ -213,7 +255,8 @@ def write_report(
         f"Scored by {first['referable']['definition'].split('scored by ')[-1]}. Operating points chosen on the validation set "
         f"(high sensitivity: the highest threshold with validation sensitivity >= {first['referable']['operating_points'].get('high_sensitivity', {}).get('target', {}).get('min_sensitivity', '?')}; "
         f"high specificity: the lowest threshold with validation specificity >= {first['referable']['operating_points'].get('high_specificity', {}).get('target', {}).get('min_specificity', '?')}) "
-        f"and applied unchanged to test ({first['referable']['test_positives']} referable, {first['referable']['test_negatives']} not).",
+        f"and applied unchanged to test ({first['referable']['test_positives']} referable, {first['referable']['test_negatives']} not). "
+        + _screening_note(first),
         "",
         *_screening_table(evals, "referable"),
         "",

@@ -41,7 +41,8 @@ def write_start_point(
     if (state is None) != (source == "scratch"):
         raise ValueError(f"a {source} start point {'needs' if state is None else 'has no'} backbone weights")
     meta = {"arch": arch, "source": source, "mean": [float(m) for m in mean], "std": [float(s) for s in std], **(record or {})}
-    with atomic_path(path) as tmp:
+    # An earlier start point is replaced; a folder holding other files is refused (retinopathy.utils.atomic_path).
+    with atomic_path(path, replace_dir=True) as tmp:
         tmp.mkdir()
         (tmp / "start.json").write_text(json.dumps(meta, indent=2) + "\n")
         if state is not None:
