@@ -29,6 +29,8 @@ def main() -> None:
         compared=json.loads(Path("metrics/compare.json").read_text()),
         balance=json.loads(Path("metrics/label_balance.json").read_text()),
         eval_dir="metrics/eval",
+        train_dir="metrics/train",
+        preprocess=json.loads(Path("metrics/preprocess_report.json").read_text()),
         setup={key: get(params, key, (object, bool)) for key in SETUP},
     )
     print(f"wrote {args.out} ({len(text.splitlines())} lines)")

@@ -272,3 +272,35 @@ def test_small_circle_in_a_large_frame_falls_back_to_full_size_decoding(tmp_path
     for draft in (True, False):
         assert process_image(src, tmp_path / f"{draft}.png", CropSettings(size=512, draft=draft)).kind is None
     assert np.array_equal(np.asarray(Image.open(tmp_path / "True.png")), np.asarray(Image.open(tmp_path / "False.png")))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_transforms_match_torchvisions_bit_for_bit_under_the_same_seed(train: bool) -> None:
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from retinopathy.data import build_transform
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)) for _ in range(16)]
+    mean, std = [0.4, 0.3, 0.2], [0.2, 0.25, 0.3]
+    augment = [T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.RandomRotation(15.0)] if train else []
+    reference = T.Compose([*augment, T.ToTensor(), T.Normalize(mean, std)])
+    ours = build_transform(mean=mean, std=std, train=train, rotation=15.0)
+    torch.manual_seed(3)
+    expected = [reference(image) for image in images]
+    torch.manual_seed(3)
+    got = [ours(image) for image in images]
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    if train:  # the augmentations did something, so the comparison could fail
+        assert not all(torch.equal(a, b) for a, b in zip(expected, [ours(image) for image in images]))
+
+
+def test_importing_the_training_and_evaluation_modules_loads_neither_torchvision_nor_scikit_learn() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, retinopathy.evaluation, retinopathy.variants, retinopathy.pretraining; "
+            "print(sorted(m for m in ('torchvision', 'sklearn', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -204,6 +204,16 @@ def test_any_exception_while_cropping_one_image_makes_it_a_bad_image(tmp_path: P
     assert out.message == f"{src}: MemoryError: cannot allocate the frame"
 
 
+def test_an_output_that_cannot_be_written_stops_naming_it_instead_of_blaming_the_photograph(tmp_path: Path) -> None:
+    src = tmp_path / "1_left.png"
+    render_fundus(1, np.random.default_rng(0), size=64).save(src)
+    (tmp_path / "clinicB").write_text("a file where the output's folder should be\n")
+    with pytest.raises(OSError, match=r"cannot write the processed image .*clinicB/10_left\.png"):
+        process_image(src, tmp_path / "clinicB" / "10_left.png", CropSettings(size=32))
+    assert process_image(src, tmp_path / "clinicA" / "10_left.png", CropSettings(size=32)).kind is None  # a missing folder is made
+    assert Image.open(tmp_path / "clinicA" / "10_left.png").size == (32, 32)
+
+
 def test_preprocess_lists_a_decompression_bomb_among_its_bad_images(
     raw_dir: Path, tmp_path: Path, png_claiming: Callable[[Path, int, int], Path]
 ) -> None:

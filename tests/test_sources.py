@@ -15,7 +15,7 @@ import pytest
 import yaml
 from PIL import Image, ImageDraw
 
-from retinopathy.data import patient_of
+from retinopathy.data import patient_of, processed_dataset
 from retinopathy.preprocessing import CropSettings, assign_splits, build_processed_set, split_leaks
 from retinopathy.sources import LAYOUTS, SourceError, read_source, unlisted_images
 
@@ -300,18 +300,26 @@ def test_the_pool_never_holds_an_eye_of_a_validation_patient(tmp_path: Path) -> 
     assert leaks["pool_images_of_test_patients_dropped"] == []
 
 
-def test_names_with_folders_keep_same_numbered_patients_of_two_folders_apart(tmp_path: Path) -> None:
-    """A Kaggle-style CSV naming images in clinic folders: clinicA/10 and clinicB/10 are two patients, and each
-    patient's eyes stay on one side of every split."""
-    root = tmp_path / "raw"
+CLINICS = ("clinicA", "clinicB")
+
+
+def _clinic_folders(root: Path) -> None:
+    """A Kaggle-style set naming its 24 images in two clinic folders, ``clinicA/10_left`` ... ``clinicB/19_right``."""
     rows = []
-    for clinic in ("clinicA", "clinicB"):
+    for clinic in CLINICS:
         (root / "train" / clinic).mkdir(parents=True)
         for patient, level in zip((10, 13, 15, 16, 17, 19), LEVELS[::2]):
             for side in ("left", "right"):
                 _photo(120, 80, 0.45).save(root / "train" / clinic / f"{patient}_{side}.jpeg")
                 rows.append(f"{clinic}/{patient}_{side},{level}")
     (root / "trainLabels.csv").write_text("image,level\n" + "\n".join(rows) + "\n")
+
+
+def test_names_with_folders_keep_same_numbered_patients_of_two_folders_apart(tmp_path: Path) -> None:
+    """A Kaggle-style CSV naming images in clinic folders: clinicA/10 and clinicB/10 are two patients, each
+    patient's eyes stay on one side of every split, and the processed set keeps the folders."""
+    root = tmp_path / "raw"
+    _clinic_folders(root)
     tables = read_source("kaggle", root)
     assert tables["train"]["path"].iloc[0] == str(root / "train" / "clinicA" / "10_left.jpeg")
     assert all(Path(p).is_file() for p in tables["train"]["path"])
@@ -320,3 +328,51 @@ def test_names_with_folders_keep_same_numbered_patients_of_two_folders_apart(tmp
     assert split_leaks(splits) == []
     patients = {split: set(splits[split]["image"].map(patient_of)) for split in ("train", "val", "test")}
     assert [len(patients[split]) for split in ("train", "val", "test")] == [7, 2, 3]  # 3 of 12 held out, then 2 of 9
+
+    counts = _build(root, "kaggle", tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["status"] == "ok" and report["bad_image_count"] == 0 and report["unlisted_file_count"] == 0
+    assert sum(counts.values()) == 24
+    processed = tmp_path / "processed"
+    frames = {split: pd.read_csv(processed / f"{split}.csv", dtype={"image": str}) for split in ("train", "val", "test")}
+    where = {image: split for split, frame in frames.items() for image in frame["image"]}
+    assert len(where) == 24
+    for clinic in CLINICS:  # both clinics' patient 10, both eyes, each in its own folder of its split
+        for side in ("left", "right"):
+            image = f"{clinic}/10_{side}"
+            assert (processed / where[image] / clinic / f"10_{side}.png").is_file()
+        assert where[f"{clinic}/10_left"] == where[f"{clinic}/10_right"]
+    by_patient = {split: set(frame["image"].map(patient_of)) for split, frame in frames.items()}
+    assert {"clinicA/10", "clinicB/10"} <= set().union(*by_patient.values())
+    assert sum(len(found) for found in by_patient.values()) == 12  # twelve patients, none on two sides
+    for split in frames:  # training and evaluation read the subfolders' images
+        first = processed_dataset(processed, split, None)[0][0]
+        assert first.size == (24, 24)
+
+
+def test_unlisted_images_compares_paths_inside_the_image_folder_not_file_names(tmp_path: Path) -> None:
+    """With names in clinic folders, a top-level file of the same name is not listed, nor is a subfolder's file
+    that only a top-level name matches, and subfolders are searched for files no row names."""
+    root = tmp_path / "raw"
+    _clinic_folders(root)
+    _photo(120, 80, 0.45).save(root / "train" / "10_left.jpeg")  # only clinicA/10_left and clinicB/10_left are listed
+    _photo(120, 80, 0.45).save(root / "train" / "clinicB" / "99_left.jpeg")  # in a subfolder, listed nowhere
+    (root / "train" / ".thumbnails").mkdir()
+    _photo(120, 80, 0.45).save(root / "train" / ".thumbnails" / "10_left.jpeg")  # hidden folders are not data
+    tables = read_source("kaggle", root)
+    assert unlisted_images("kaggle", root, tables) == [str(root / "train" / "10_left.jpeg"), str(root / "train" / "clinicB" / "99_left.jpeg")]
+
+    # The other way round: the CSV names the top level, the photograph sits in a clinic folder.
+    flat = tmp_path / "flat"
+    make_layout(flat, "kaggle")
+    (flat / "train" / "clinicB").mkdir()
+    (flat / "train" / "10_left.jpeg").rename(flat / "train" / "clinicB" / "10_left.jpeg")
+    assert unlisted_images("kaggle", flat, read_source("kaggle", flat)) == [str(flat / "train" / "clinicB" / "10_left.jpeg")]
+
+
+def test_course_layout_checks_only_image_files_in_its_subfolders(tmp_path: Path) -> None:
+    make_layout(tmp_path, "course")
+    (tmp_path / "extra").mkdir()
+    _photo(120, 80, 0.45).save(tmp_path / "extra" / "10_left.jpeg")  # the course names 10_left at the top level only
+    (tmp_path / "extra" / "notes.csv").write_text("not an image\n")
+    assert unlisted_images("course", tmp_path, read_source("course", tmp_path)) == [str(tmp_path / "extra" / "10_left.jpeg")]

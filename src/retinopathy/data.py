@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision import transforms as T
 
 from retinopathy import NUM_CLASSES
 from retinopathy.images import open_rgb
@@ -256,24 +255,77 @@ def label_balance(levels: Sequence[int]) -> dict[str, Any]:
     }
 
 
+class _RandomFlip:
+    """Flip a PIL image with probability 1/2: torchvision's ``RandomHorizontalFlip``/``RandomVerticalFlip``,
+    with the same draw from torch's generator, so a seed gives the same augmentations."""
+
+    def __init__(self, method: Image.Transpose) -> None:
+        self.method = method
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        return image.transpose(self.method) if torch.rand(1) < 0.5 else image
+
+
+class _RandomRotation:
+    """Rotate a PIL image by an angle drawn uniformly from [-degrees, degrees], nearest-neighbour, black corners:
+    torchvision's ``RandomRotation(degrees)`` defaults, with the same draw."""
+
+    def __init__(self, degrees: float) -> None:
+        self.degrees = float(degrees)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        angle = float(torch.empty(1).uniform_(-self.degrees, self.degrees).item())
+        return image.rotate(angle, Image.Resampling.NEAREST, expand=False, center=None, fillcolor=(0,) * len(image.getbands()))
+
+
+class _ToNormalizedTensor:
+    """8-bit RGB PIL image -> float C x H x W in [0, 1], minus ``mean``, over ``std`` per channel: torchvision's
+    ``ToTensor`` then ``Normalize``, the same operations in the same order, so the tensors are bit-identical."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.mean = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        if (self.std == 0).any():
+            raise ValueError(f"std has a zero channel: {list(std)}")
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(image, np.uint8, copy=True))
+        tensor = pixels.view(image.size[1], image.size[0], len(image.getbands())).permute((2, 0, 1)).contiguous()
+        return tensor.to(dtype=torch.float32).div(255).sub_(self.mean).div_(self.std)
+
+
+class _Compose:
+    """Apply transforms in order (torchvision's ``Compose``)."""
+
+    def __init__(self, steps: Sequence[Callable]) -> None:
+        self.steps = list(steps)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        for step in self.steps:
+            image = step(image)
+        return image
+
+
 def build_transform(
     *, mean: Sequence[float], std: Sequence[float], train: bool, hflip: bool = True, vflip: bool = True, rotation: float = 0.0
 ) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> normalised tensor; random flips and rotation only when ``train``.
 
     Flips are safe for fundus images: a flipped left eye looks like a right eye, and lesions
-    have no preferred orientation.
+    have no preferred orientation. The steps are torchvision's, written out here because importing
+    torchvision costs every stage about 3 s of CPU; tests/test_data.py checks they match torchvision's
+    bit for bit under the same seed.
     """
     steps: list[Callable] = []
     if train:
         if hflip:
-            steps.append(T.RandomHorizontalFlip())
+            steps.append(_RandomFlip(Image.Transpose.FLIP_LEFT_RIGHT))
         if vflip:
-            steps.append(T.RandomVerticalFlip())
+            steps.append(_RandomFlip(Image.Transpose.FLIP_TOP_BOTTOM))
         if rotation > 0:
-            steps.append(T.RandomRotation(rotation))
-    steps += [T.ToTensor(), T.Normalize(mean, std)]
-    return T.Compose(steps)
+            steps.append(_RandomRotation(rotation))
+    steps.append(_ToNormalizedTensor(mean, std))
+    return _Compose(steps)
 
 
 def load_rgb(path: Path) -> Image.Image:

@@ -22,15 +22,15 @@ anywhere else (a checkpoint, a user) are checked and refused when not increasing
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-from scipy import optimize
-from scipy.special import expit
-from sklearn.linear_model import LogisticRegression
 
 from retinopathy import NUM_CLASSES
 from retinopathy.metrics import quadratic_weighted_kappa
+
+if TYPE_CHECKING:  # scipy and scikit-learn are imported where they are used: most stages never fit anything here
+    from sklearn.linear_model import LogisticRegression
 
 HEADS = ("classification", "regression")
 DECODINGS = ("argmax", "expected")
@@ -87,6 +87,8 @@ def tune_cutpoints(y_true: np.ndarray, score: np.ndarray, *, seed: int = 0) -> n
 
     start = np.array([DEFAULT_CUTPOINTS[0], *np.diff(DEFAULT_CUTPOINTS)])
     bounds = [(low, high)] + [(0.01, span)] * (NUM_CLASSES - 2)
+    from scipy import optimize
+
     result = optimize.differential_evolution(loss, bounds, x0=start, seed=seed, tol=1e-8, maxiter=200,
                                              polish=False, init="sobol")
     best = result.x if result.fun < loss(start) else start
@@ -101,12 +103,16 @@ def fit_temperature(y_true: np.ndarray, score: np.ndarray, cutpoints: Sequence[f
         probs = cumulative_link_probabilities(score, cutpoints, float(np.exp(log_t)))
         return -float(np.mean(np.log(np.clip(probs[np.arange(len(y_true)), y_true], 1e-12, None))))
 
+    from scipy import optimize
+
     result = optimize.minimize_scalar(nll, bounds=(np.log(1e-3), np.log(1e2)), method="bounded")
     return float(np.exp(result.x))
 
 
 def cumulative_link_probabilities(score: np.ndarray, cutpoints: Sequence[float], temperature: float) -> np.ndarray:
     """p0..p4 (N, 5) with ``P(grade <= k) = sigmoid((c_k - score) / temperature)``."""
+    from scipy.special import expit
+
     cuts = check_cutpoints(cutpoints)
     score = np.asarray(score, dtype=float).reshape(-1, 1)
     below = expit((cuts[None, :] - score) / temperature)  # (N, 4): P(grade <= k), increasing in k
@@ -234,6 +240,8 @@ class PatientBlend:
         return both, paired
 
     def _regression(self) -> LogisticRegression:
+        from sklearn.linear_model import LogisticRegression
+
         weight = None if self.class_weights is None else {k: float(w) for k, w in enumerate(self.class_weights)}
         return LogisticRegression(C=self.c, class_weight=weight, max_iter=5000)
 

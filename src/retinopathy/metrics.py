@@ -6,8 +6,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.stats import rankdata
-from sklearn.metrics import roc_curve
 
 from retinopathy import GRADES, NUM_CLASSES
 
@@ -133,6 +131,8 @@ def roc_auc(y_binary: ArrayLike, score: ArrayLike) -> float:
     negatives = len(y) - positives
     if positives == 0 or negatives == 0:
         return float("nan")
+    from scipy.stats import rankdata  # imported here: stages that never rank pay nothing for scipy.stats
+
     ranks = rankdata(np.asarray(score, dtype=float))
     return float((ranks[y].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
@@ -143,6 +143,8 @@ def _roc(y_binary: ArrayLike, score: ArrayLike) -> tuple[np.ndarray, np.ndarray,
     scikit-learn's first threshold is ``inf`` (nothing called positive); it becomes the next float above
     the highest score, which classifies every image the same way under ``score >= threshold``.
     """
+    from sklearn.metrics import roc_curve  # imported here: only screening stages pay for scikit-learn
+
     score = np.asarray(score, dtype=float)
     fpr, tpr, thresholds = roc_curve(y_binary, score, drop_intermediate=False)
     thresholds = np.where(np.isfinite(thresholds), thresholds, np.nextafter(score.max(), np.inf))

@@ -119,16 +119,25 @@ def crop_settings_record(settings: CropSettings) -> dict[str, Any]:
 
 
 def process_image(src: Path, dst: Path, settings: CropSettings) -> Processed:
-    """Crop, resize and save one image; return its problem instead of raising, so all can be listed."""
+    """Crop, resize and save one image; return its problem instead of raising, so all can be listed.
+
+    ``dst``'s folder is made where it is missing: an image name with folders (``clinicB/10_left``) is
+    written to the same subfolders of its split's folder. A failure to write ``dst`` raises, naming it:
+    it is the output's problem, not the photograph's.
+    """
     try:
         image = crop_photograph(src, settings).image
-        # zlib level 1: twice as fast as the default 6 for files ~15% larger.
-        image.save(dst, format="PNG", compress_level=1)
     except FileNotFoundError as exc:
         return Processed("missing", str(exc), None, 0)
     except Exception as exc:  # whatever one file makes the decoder or the crop raise is that file's problem, not the run's
         dst.unlink(missing_ok=True)
         return Processed("unreadable", image_failure(src, exc), None, 0)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # zlib level 1: twice as fast as the default 6 for files ~15% larger.
+        image.save(dst, format="PNG", compress_level=1)
+    except OSError as exc:  # a full disk or a read-only folder stops the run instead of listing every image as bad
+        raise OSError(f"cannot write the processed image {dst}: {exc}") from exc
     flat = np.asarray(image).reshape(-1, 3).astype(np.float64)
     return Processed(None, None, np.stack([flat.sum(axis=0), (flat**2).sum(axis=0)]), flat.shape[0])
 
@@ -375,10 +384,10 @@ def build_processed_set(
 ) -> dict[str, int]:
     """Split by patient, process every image, write tables, stats, label balance and the report.
 
-    ``out_dir`` gets ``<split>/<image>.png`` and ``<split>.csv`` (image, level) for train, val, test
-    (and ``unlabeled`` where there is a pool), plus ``stats.json`` with the training set's channel
-    mean and std and the crop settings (``crop``, which every trained model copies). The folder appears only
-    when the run succeeds. ``unlisted`` names image files
+    ``out_dir`` gets ``<split>/<image>.png`` (in subfolders where the name has folders, ``clinicB/10_left``)
+    and ``<split>.csv`` (image, level) for train, val, test (and ``unlabeled`` where there is a pool), plus
+    ``stats.json`` with the training set's channel mean and std and the crop settings (``crop``, which every
+    trained model copies). The folder appears only when the run succeeds. ``unlisted`` names image files
     that no table row names; they count as bad input like a missing or corrupt image. ``label_fraction``
     keeps that share of the training patients and moves the rest to the pool (:func:`apply_label_fraction`).
 

@@ -99,25 +99,19 @@ def _refit_lines(evals: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def _grading_table(evals: dict[str, list[dict]]) -> list[str]:
-    """Each grading setup's QWK per variant (mean over seeds): 2-fold validation / test."""
-    variants = [v for v, runs in evals.items() if all("components" in m for m in runs)]
-    if not variants:
-        return ["(the evaluations hold no grading components)"]
-    setups = [_setup_name(row) for row in evals[variants[0]][0]["components"]]
-    lines = ["| setup | " + " | ".join(describe(v) for v in variants) + " |", "|---|" + "---|" * len(variants)]
-    for i, setup in enumerate(setups):
-        cells = []
-        for variant in variants:
-            rows = [m["components"][i] for m in evals[variant]]
-            if any("error" in r for r in rows):
-                cells.append("not fitted: " + next(r["error"] for r in rows if "error" in r))
-                continue
-            val = sum(r["val_2fold"]["kappa"] for r in rows) / len(rows)
-            test = sum(r["test"]["kappa"] for r in rows) / len(rows)
-            grade4 = sum(r["test_predicted_grades"][4] for r in rows) / len(rows)
-            cells.append(f"{val:.3f} / {test:.3f} ({grade4:g})")
-        lines.append(f"| {setup} | " + " | ".join(cells) + " |")
+def _stage_times(evals: dict[str, list[dict]], train_dir: Path | None, preprocess: dict[str, Any] | None) -> list[str]:
+    """Each stage's recorded wall time (preprocess, train, evaluate; seconds), as a table, with the CPU."""
+    lines = ["| stage | seconds |", "|---|---|"]
+    if preprocess and "seconds" in preprocess:
+        lines.append(f"| preprocess (images only) | {preprocess['seconds']:.1f} |")
+    for variant, runs in evals.items():
+        for m in runs:
+            key = f"{variant}-{m['seed']}"
+            summary = read_json(train_dir / f"{key}.json") if train_dir is not None and (train_dir / f"{key}.json").is_file() else {}
+            if "seconds" in summary:
+                lines.append(f"| train@{key} | {summary['seconds']:.1f} (epochs {summary['train_seconds']:.1f}) |")
+            if "seconds" in m:
+                lines.append(f"| evaluate@{key} | {m['seconds']:.1f} |")
     return lines
 
 
@@ -198,6 +192,8 @@ def write_report(
     eval_dir: str | os.PathLike[str],
     setup: dict[str, Any],
     archs: Sequence[str] = ARCHS,
+    train_dir: str | os.PathLike[str] | None = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> str:
     """Write ``path`` (markdown) and return its text."""
     evals: dict[str, list[dict]] = {}
@@ -275,11 +271,8 @@ def write_report(
         f" (test patients with one eye, graded from it alone: {first['grading']['test_patients_with_one_eye']}).",
         "",
         *_blend_lines(evals),
-        "Every setup of the same models, QWK as validation (2-fold over validation patients: cut-points fitted on one half, "
-        "scored on the other; the two-eye blend is fitted on the training images' outputs) / test (fitted on all of validation), "
-        "and in brackets the test images predicted grade 4 (mean over seeds). Choose on the validation figure.",
-        "",
-        *_grading_table(evals),
+        "Other ways of grading the same kind of model (decodings, TTA, the blend, the refit, over several seeds, compared "
+        "on held-out validation) are the grading study's: `make grading-study`, docs/grading.md.",
         "",
         "## Confusion matrices",
         "",
@@ -288,6 +281,12 @@ def write_report(
         "## Conclusions",
         "",
         *_conclusions(compared),
+        "",
+        "## Stage times",
+        "",
+        f"Wall seconds each stage recorded on {first.get('hardware', 'unknown')} (imports excluded).",
+        "",
+        *_stage_times(evals, None if train_dir is None else Path(train_dir), preprocess),
         "",
     ]
     out = "\n".join(text)

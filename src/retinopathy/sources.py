@@ -129,21 +129,26 @@ def read_source(source: str, root: str | Path) -> dict[str, pd.DataFrame]:
 
 
 def unlisted_images(source: str, root: str | Path, tables: dict[str, pd.DataFrame]) -> list[str]:
-    """Files in the layout's image folder that no row names, sorted.
+    """Files under the layout's image folder, subfolders included, that no row names, sorted.
 
-    For Kaggle and APTOS that is every file in ``train/`` or ``train_images/`` (hidden ones
-    aside); the course layout shares its folder with the CSVs, so there only image files count.
+    Files and rows are compared by their path relative to that folder, so with names that hold folders
+    (``clinicB/10_left``) a top-level ``10_left.jpeg`` is not taken for ``clinicB/10_left.jpeg``, and a
+    subfolder's files are checked like the top level's. For Kaggle and APTOS that is every file in
+    ``train/`` or ``train_images/`` (hidden files and folders aside); the course layout shares its folder
+    with the CSVs, so there only image files count.
     """
     layout = LAYOUTS[source]
     folder = Path(root) / layout.image_dir
     if not folder.is_dir():
         return []
-    listed = {Path(p).name for frame in tables.values() for p in frame["path"]}
+    listed = {os.path.relpath(path, folder) for frame in tables.values() for path in frame["path"]}
     unlisted = []
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if entry.name.startswith(".") or not entry.is_file() or entry.name in listed:
+    for parent, folders, files in os.walk(folder):
+        folders[:] = [name for name in folders if not name.startswith(".")]
+        inside = os.path.relpath(parent, folder)
+        for name in files:
+            if name.startswith(".") or os.path.normpath(os.path.join(inside, name)) in listed:
                 continue
-            if layout.image_dir or Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-                unlisted.append(entry.path)
+            if layout.image_dir or Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                unlisted.append(os.path.join(parent, name))
     return sorted(unlisted)

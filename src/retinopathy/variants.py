@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
@@ -72,6 +73,7 @@ def train_variant(
     With ``refit`` (classification heads), the chosen epoch's last layer is refitted on the frozen
     features of the un-augmented training images (:mod:`retinopathy.refit`) before cut-points are tuned.
     """
+    started = time.perf_counter()
     generator = seed_everything(config.seed)
     world, dev = init_distributed(select_device(device))
     precision, precision_reason = resolve_precision(config.precision, dev)
@@ -166,6 +168,8 @@ def train_variant(
                 "val_acc": round(float(best["val_acc"]), 4),
                 "val_kappa": round(float(best["val_kappa"]), 4),
                 "train_seconds": round(result.seconds, 1),
+                # The whole stage after imports: epochs, refit, decoding, writing (the epochs alone above).
+                "seconds": round(time.perf_counter() - started, 1),
                 "images_per_second": round(len(train_ds) * config.epochs / result.seconds, 1),
                 "device": str(dev),
                 "hardware": hardware(dev),
