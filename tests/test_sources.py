@@ -334,7 +334,7 @@ def test_names_with_folders_keep_same_numbered_patients_of_two_folders_apart(tmp
     assert report["status"] == "ok" and report["bad_image_count"] == 0 and report["unlisted_file_count"] == 0
     assert sum(counts.values()) == 24
     processed = tmp_path / "processed"
-    frames = {split: pd.read_csv(processed / f"{split}.csv", dtype={"image": str}) for split in ("train", "val", "test")}
+    frames = {split: pd.read_csv(processed / f"{split}.csv", dtype={"image": str}) for split in counts}
     where = {image: split for split, frame in frames.items() for image in frame["image"]}
     assert len(where) == 24
     for clinic in CLINICS:  # both clinics' patient 10, both eyes, each in its own folder of its split
@@ -360,14 +360,16 @@ def test_unlisted_images_compares_paths_inside_the_image_folder_not_file_names(t
     (root / "train" / ".thumbnails").mkdir()
     _photo(120, 80, 0.45).save(root / "train" / ".thumbnails" / "10_left.jpeg")  # hidden folders are not data
     tables = read_source("kaggle", root)
-    assert unlisted_images("kaggle", root, tables) == [str(root / "train" / "10_left.jpeg"), str(root / "train" / "clinicB" / "99_left.jpeg")]
+    expected = [str(root / "train" / "10_left.jpeg"), str(root / "train" / "clinicB" / "99_left.jpeg")]
+    assert unlisted_images("kaggle", root, tables) == expected
 
     # The other way round: the CSV names the top level, the photograph sits in a clinic folder.
     flat = tmp_path / "flat"
     make_layout(flat, "kaggle")
     (flat / "train" / "clinicB").mkdir()
-    (flat / "train" / "10_left.jpeg").rename(flat / "train" / "clinicB" / "10_left.jpeg")
-    assert unlisted_images("kaggle", flat, read_source("kaggle", flat)) == [str(flat / "train" / "clinicB" / "10_left.jpeg")]
+    moved = flat / "train" / "clinicB" / "10_left.jpeg"
+    (flat / "train" / "10_left.jpeg").rename(moved)
+    assert unlisted_images("kaggle", flat, read_source("kaggle", flat)) == [str(moved)]
 
 
 def test_course_layout_checks_only_image_files_in_its_subfolders(tmp_path: Path) -> None:
@@ -375,4 +377,5 @@ def test_course_layout_checks_only_image_files_in_its_subfolders(tmp_path: Path)
     (tmp_path / "extra").mkdir()
     _photo(120, 80, 0.45).save(tmp_path / "extra" / "10_left.jpeg")  # the course names 10_left at the top level only
     (tmp_path / "extra" / "notes.csv").write_text("not an image\n")
-    assert unlisted_images("course", tmp_path, read_source("course", tmp_path)) == [str(tmp_path / "extra" / "10_left.jpeg")]
+    tables = read_source("course", tmp_path)
+    assert unlisted_images("course", tmp_path, tables) == [str(tmp_path / "extra" / "10_left.jpeg")]
