@@ -304,3 +304,13 @@ def test_importing_the_training_and_evaluation_modules_loads_neither_torchvision
             "print(sorted(m for m in ('torchvision', 'sklearn', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["../secret", "/etc/passwd", "clinicA/../../x"])
+def test_an_image_name_leaving_the_image_folder_is_refused_naming_its_row(name: str) -> None:
+    from retinopathy.data import table_problems
+
+    frame = pd.DataFrame({"image": ["10_left", name], "level": ["0", "1"]})
+    problems = table_problems(frame, "trainLabels.csv", first_row=2)
+    assert len(problems) == 1 and "row 3" in problems[0] and repr(name) in problems[0]
+    assert table_problems(frame.iloc[:1], "trainLabels.csv", first_row=2) == []

@@ -49,7 +49,7 @@ def listing(items: list[str]) -> str:
 
 
 def table_problems(frame: pd.DataFrame, source: str, *, first_row: int = 1, labelled: bool = True) -> list[str]:
-    """Labels outside 0..4 and duplicate or empty image names in one table, each naming file and row.
+    """Labels outside 0..4 and duplicate, empty or folder-escaping image names in one table, each naming file and row.
 
     Args:
         frame: columns ``image`` and (when ``labelled``) ``level``, as strings, in file order.
@@ -62,6 +62,11 @@ def table_problems(frame: pd.DataFrame, source: str, *, first_row: int = 1, labe
     empty = names == ""
     if empty.any():
         problems.append(f"{source}: {int(empty.sum())} row(s) without an image name:{listing([f'row {i + first}' for i in np.flatnonzero(empty)])}")
+    # A name must stay inside the image folder (and the processed set's folder, which mirrors it).
+    escaping = names.map(lambda n: n.startswith(("/", "\\")) or ".." in n.replace("\\", "/").split("/")) & ~empty
+    if escaping.any():
+        rows = [f"row {i + first}: {names.iat[i]!r}" for i in np.flatnonzero(escaping)]
+        problems.append(f"{source}: {len(rows)} image name(s) leave the image folder (absolute, or with '..'):{listing(rows)}")
     dup = names.duplicated(keep=False) & ~empty
     if dup.any():
         where = pd.Series(np.flatnonzero(dup) + first, index=names[dup].to_numpy()).groupby(level=0).agg(list)
