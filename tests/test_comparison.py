@@ -28,7 +28,8 @@ def fake_runs(seeds: list[int], *, n_patients: int = 40) -> dict[str, list[Run]]
                 predicted = np.where(rng.random(len(actual)) < right, actual, 0)
                 frame = pd.DataFrame({"patient": patients, "actual": actual, "predicted": predicted,
                                       "p_referable": referable(predicted) * 0.8 + 0.2 * rng.random(len(actual))})
-                metrics = {"accuracy": float(np.mean(predicted == actual)), "kappa": quadratic_weighted_kappa(actual, predicted),
+                metrics = {"accuracy": float(np.mean(predicted == actual)),
+                           "kappa": quadratic_weighted_kappa(actual, predicted),
                            "macro_f1": 0.5, "referable": {"auc": {"value": 0.9}}}
                 runs[variant].append(Run(variant, seed, metrics, frame))
     return runs
@@ -40,7 +41,8 @@ def test_several_seeds_give_t_intervals_with_degrees_of_freedom_and_named_verdic
     for c in out["comparisons"]:
         assert c["method"] == SEED_T and c["accounts_for"] == SEEDS_AND_PATIENTS and c["df"] >= 1
         assert c["seeds_a"] == c["seeds_b"] == 3 and c["low"] <= c["difference"] <= c["high"]
-    kappa = next(c for c in out["comparisons"] if c["question"] == "Does pretraining help ResNet50?" and c["metric"] == "kappa")
+    question = "Does pretraining help ResNet50?"
+    kappa = next(c for c in out["comparisons"] if c["question"] == question and c["metric"] == "kappa")
     assert kappa["low"] > 0
     assert kappa["verdict"] == "ResNet50, pretrained better than ResNet50, from scratch (95% interval excludes 0)"
 

@@ -33,7 +33,8 @@ def test_blend_lines_name_each_fit_and_each_failure() -> None:
 
 def _comparison(metric: str, low: float, high: float, verdict: str, **extra: object) -> dict:
     return {"question": "Does pretraining help ResNet18?", "metric": metric, "first": "resnet18-true",
-            "second": "resnet18-false", "difference": (low + high) / 2, "low": low, "high": high, "verdict": verdict, **extra}
+            "second": "resnet18-false", "difference": (low + high) / 2, "low": low, "high": high, "verdict": verdict,
+            **extra}
 
 
 def test_paired_note_says_what_the_intervals_cover_for_one_seed_and_for_several() -> None:
@@ -63,7 +64,8 @@ def test_conclusions_do_not_call_an_undetermined_interval_a_difference() -> None
 
 
 def test_screening_note_names_the_proportion_interval_of_the_evaluation() -> None:
-    point = {"test_sensitivity": {"value": 1.0, "low": 0.8, "high": 1.0, "method": "Clopper-Pearson on the effective number"}}
+    method = "Clopper-Pearson on the effective number"
+    point = {"test_sensitivity": {"value": 1.0, "low": 0.8, "high": 1.0, "method": method}}
     note = _screening_note({"referable": {"operating_points": {"high_sensitivity": point}}})
     assert note.startswith("Sensitivity and specificity intervals: Clopper-Pearson on the effective number")
     older = {"referable": {"operating_points": {"high_sensitivity": {"test_sensitivity": {"value": 1.0}}}}}

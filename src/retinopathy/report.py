@@ -133,9 +133,9 @@ def _paired_note(compared: dict[str, Any], n_seeds: int) -> str:
     """What the intervals of the paired differences cover and how they are built, in words."""
     resamples = compared["settings"]["resamples"]
     if n_seeds == 1:
-        return (f"Differences on the same test patients, first minus second, with 95% percentile intervals from {resamples} "
-                "bootstrap replicates that resample test patients (both eyes together, the same patients for both "
-                "variants) only: with one seed per variant, training randomness is not in these intervals.")
+        return ("Differences on the same test patients, first minus second, with 95% percentile intervals from "
+                f"{resamples} bootstrap replicates that resample test patients (both eyes together, the same patients "
+                "for both variants) only: with one seed per variant, training randomness is not in these intervals.")
     return (f"Differences on the same test patients, first minus second, mean over {n_seeds} training seeds. Each 95% "
             "interval adds the variance between training seeds (each seed's metric on all test patients: training "
             f"randomness) to the variance of the difference over {resamples} bootstrap replicates that resample test "
@@ -145,13 +145,14 @@ def _paired_note(compared: dict[str, Any], n_seeds: int) -> str:
 
 
 def _paired_table(compared: dict[str, Any]) -> list[str]:
-    """The paired differences, one row each; with a df column where the intervals have one."""
+    """The paired differences, one row each; with a df column where the intervals have degrees of freedom."""
     comparisons = compared["comparisons"]
     with_df = any("df" in c for c in comparisons)
-    df = (lambda c: f" {c['df']:.1f} |" if "df" in c else " - |") if with_df else (lambda c: "")
-    lines = ["| question | metric | difference (95% interval) |" + (" df |" if with_df else "") + " verdict |",
-             "|---|---|---|" + ("---|" if with_df else "") + "---|"]
-    lines += [f"| {c['question']} | {METRIC_NAMES[c['metric']]} | {_signed(c)} |{df(c)} {c['verdict']} |" for c in comparisons]
+    header = ["question", "metric", "difference (95% interval)", *(["df"] if with_df else []), "verdict"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in comparisons:
+        df = [f"{c['df']:.1f}" if "df" in c else "-"] if with_df else []
+        lines.append("| " + " | ".join([c["question"], METRIC_NAMES[c["metric"]], _signed(c), *df, c["verdict"]]) + " |")
     return lines
 
 

@@ -3,7 +3,8 @@
 Test images come in pairs (``10_left``, ``10_right``; :func:`retinopathy.data.patient_of` maps an image
 to its patient). The two eyes of a patient are correlated, so resampling images independently would
 treat them as two independent observations and give intervals that are too narrow. Every interval here
-resamples whole patients, both eyes together.
+takes the patient as the unit: the bootstraps resample whole patients, both eyes together, and the
+proportion interval counts the eyes through the design effect of their clustering in patients.
 
 A metric is *undefined* on a resample when it returns NaN (e.g. :func:`retinopathy.metrics.roc_auc` on a
 resample holding one class only). Such replicates are dropped and counted; the interval is taken from
@@ -356,7 +357,10 @@ def paired_difference(
       "Accounting for variance in machine learning benchmarks", MLSys, https://arxiv.org/abs/2103.03098),
       and ``df`` is Welch-Satterthwaite's (:func:`welch_satterthwaite`; ``n - 1`` per seed variance,
       patients minus 1 for the bootstrap one), so that two seeds per model, whose spread is a guess from
-      one degree of freedom, give the wide interval they warrant (t quantile 12.7 at df 1).
+      one degree of freedom, give the wide interval they warrant (t quantile 12.7 at df 1). The part of the
+      seed spread that comes from which patients each network gets wrong is in both terms, which errs on
+      the wide side; with two seeds per model the Welch-Satterthwaite df still run a little high when the
+      one-df seed variance comes out small by chance, so the coverage is near the nominal level, not above it.
 
     Resampling the seeds in the bootstrap instead, as this function once did, is too narrow with few seeds:
     two seeds can only give {a1, mean, a2}, which understates the seed variance by ``(n - 1) / n`` and treats
