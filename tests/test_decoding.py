@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from retinopathy.ablation import components
 from retinopathy.decoding import (
     DEFAULT_CUTPOINTS,
     Decoder,
@@ -18,7 +19,7 @@ from retinopathy.decoding import (
     fit_temperature,
     tune_cutpoints,
 )
-from retinopathy.evaluation import Split, components, evaluate_variant, grade_with
+from retinopathy.evaluation import Split, evaluate_variant, grade_with
 from retinopathy.inference import load_model, model_metadata, outputs, tta_views
 from retinopathy.metrics import quadratic_weighted_kappa
 from retinopathy.models import build_model
