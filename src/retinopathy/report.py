@@ -85,7 +85,8 @@ def _blend_fit(blend: dict[str, Any]) -> str:
 def _refit_lines(evals: dict[str, list[dict]]) -> list[str]:
     """What the classifier refit (retinopathy.refit) did to each model: validation QWK before and after."""
     lines = ["Classifier refit (last layer refitted on the frozen training features after the chosen epoch; "
-             "validation QWK with argmax, before -> after):"]
+             "validation QWK with argmax, before -> after; used for selection: validation chose the epoch and the refit's C, "
+             "so these figures are in-sample and read high):"]
     for variant, runs in evals.items():
         parts = []
         for m in runs:
