@@ -88,6 +88,8 @@ def test_two_runs_with_the_same_params_give_the_same_metrics(processed_dir: Path
     assert first["best_epoch"] == second["best_epoch"]
     m1 = evaluate_variant(model_path=tmp_path / "a" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "a.json", predictions_out=tmp_path / "a.csv", settings=EVAL)
     m2 = evaluate_variant(model_path=tmp_path / "b" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "b.json", predictions_out=tmp_path / "b.csv", settings=EVAL)
+    # Everything but the wall time each evaluation records for itself.
+    assert m1.pop("seconds") > 0 and m2.pop("seconds") > 0
     assert m1 == m2
     predictions = pd.read_csv(tmp_path / "a.csv")
     assert list(predictions.columns) == ["image", "patient", "actual", "predicted", "p0", "p1", "p2", "p3", "p4", "p_referable"]
