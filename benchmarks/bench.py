@@ -136,8 +136,8 @@ class Trainer:
         """Images/s of ``steps`` passes of ``train_one_epoch``'s loop body on one fixed batch."""
         with _quiet():
             start = time.perf_counter()
-            train_one_epoch(self.model, [(images, labels)] * steps, self.optimizer, self.schedule, self.criterion, self.device,
-                            precision=self.precision)
+            train_one_epoch(self.model, [(images, labels)] * steps, self.optimizer, self.schedule, self.criterion,
+                            self.device, precision=self.precision)
             seconds = time.perf_counter() - start
         return len(labels) * steps / seconds
 
@@ -170,7 +170,9 @@ def bench_training(
         for arch in archs:
             for precision in precisions:
                 for impl in order:
-                    samples[arch, impl, precision].append(models[arch, impl, precision].images_per_second(images, labels, steps))
+                    samples[arch, impl, precision].append(
+                        models[arch, impl, precision].images_per_second(images, labels, steps)
+                    )
     result: dict = {}
     for arch in archs:
         result[arch] = {}
@@ -206,7 +208,10 @@ def bf16_probe(arch: str, *, size: int, batch: int, device: torch.device, steps:
 
 def loader_throughput(dataset: Dataset, *, batch: int, num_workers: int, epochs: int) -> float:
     """Images/s the training DataLoader delivers over ``epochs`` passes (after one warm-up pass)."""
-    loader = make_loader(dataset, batch_size=batch, train=True, num_workers=num_workers, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
+    loader = make_loader(
+        dataset, batch_size=batch, train=True, num_workers=num_workers, generator=torch.Generator().manual_seed(0),
+        device=torch.device("cpu"),
+    )
     for _ in loader:
         pass
     seen, start = 0, time.perf_counter()
@@ -254,8 +259,9 @@ def machine() -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     auto, reason = resolve_precision("auto", torch.device("cpu"))
-    return {"cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "gpu": gpu, "python": platform.python_version(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    return {"cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "precision_auto": auto, "precision_auto_reason": reason}
 
 
@@ -267,7 +273,8 @@ def markdown(report: dict) -> str:
         f"Command: `{report['command']}`.",
         f"`precision: auto` resolves to **{m['precision_auto']}** on this CPU ({m['precision_auto_reason']}).",
         "",
-        f"Training step, batch {s['batch']} at {s['size']} px, median of {s['repeats']} interleaved runs of {s['steps']} steps:",
+        (f"Training step, batch {s['batch']} at {s['size']} px, median of {s['repeats']} interleaved runs of "
+         f"{s['steps']} steps:"),
         "",
         "| model | precision | ours (img/s) | torchvision (img/s) | ours / torchvision | target |",
         "|---|---|---|---|---|---|",
@@ -275,8 +282,10 @@ def markdown(report: dict) -> str:
     for arch, by_precision in report["training_step"].items():
         for precision, row in by_precision.items():
             if isinstance(row, dict):
-                lines.append(f"| {arch} | {precision} | {row['ours']:.1f} | {row['torchvision']:.1f} | {row['ratio']:.3f} | >= {STEP_TARGET} |")
-    ratios = [f"| {arch} | {row['bf16_over_fp32']:.2f}x |" for arch, row in report["training_step"].items() if "bf16_over_fp32" in row]
+                lines.append(f"| {arch} | {precision} | {row['ours']:.1f} | {row['torchvision']:.1f} "
+                             f"| {row['ratio']:.3f} | >= {STEP_TARGET} |")
+    ratios = [f"| {arch} | {row['bf16_over_fp32']:.2f}x |"
+              for arch, row in report["training_step"].items() if "bf16_over_fp32" in row]
     if ratios:
         lines += ["", "| model | bf16 / fp32 (ours) |", "|---|---|", *ratios]
     if report.get("bf16_probe"):
@@ -291,30 +300,38 @@ def markdown(report: dict) -> str:
         "| input | img/s |",
         "|---|---|",
         f"| processed {s['size']}-px PNG | {d['processed_png']:.1f} |",
-        f"| camera JPEG ({d['camera_size']}, {d['camera_megabytes']:.2f} MB), decoded + FOV-cropped every epoch | {d['camera_jpeg']:.1f} |",
+        (f"| camera JPEG ({d['camera_size']}, {d['camera_megabytes']:.2f} MB), decoded + FOV-cropped every epoch "
+         f"| {d['camera_jpeg']:.1f} |"),
         f"| speed-up of preprocessing once | {d['processed_png'] / d['camera_jpeg']:.1f}x |",
         "",
         "| model | model consumes (img/s) | loader delivers / model consumes | target |",
         "|---|---|---|---|",
     ]
     for arch, ratio in d["loader_over_model"].items():
-        lines.append(f"| {arch} | {report['training_step'][arch]['fp32']['ours']:.1f} | {ratio:.1f}x | >= {LOADER_TARGET}x |")
+        lines.append(f"| {arch} | {report['training_step'][arch]['fp32']['ours']:.1f} | {ratio:.1f}x "
+                     f"| >= {LOADER_TARGET}x |")
     if report.get("preprocess"):
-        lines += ["", f"Preprocessing once, camera JPEG to {s['size']}-px PNG (the preprocess stage's `process_images`, default settings):", "",
+        lines += ["",
+                  (f"Preprocessing once, camera JPEG to {s['size']}-px PNG (the preprocess stage's "
+                   "`process_images`, default settings):"), "",
                   "| workers | img/s |", "|---|---|"]
         lines += [f"| {k} | {v:.1f} |" for k, v in report["preprocess"].items()]
     lines += ["", "Multiply-adds of one forward pass at 224x224 (1000 classes), torch FlopCounterMode / 2:", "",
               "| model | ours (x10^9) | paper (x10^9) | ours / paper |", "|---|---|---|---|"]
     for arch, row in report["macs"].items():
-        lines.append(f"| {arch} | {row['ours'] / 1e9:.2f} | {row['paper'] / 1e9:.1f} | {row['ours'] / row['paper']:.2f} |")
-    lines += ["", "ResNet50's excess over the paper is torchvision's layout (v1.5: stride 2 on the 3x3 rather than the first",
+        lines.append(f"| {arch} | {row['ours'] / 1e9:.2f} | {row['paper'] / 1e9:.1f} "
+                     f"| {row['ours'] / row['paper']:.2f} |")
+    lines += ["",
+              ("ResNet50's excess over the paper is torchvision's layout (v1.5: stride 2 on the 3x3 rather than "
+               "the first"),
               "1x1 of each downsampling bottleneck), which our model shares so ImageNet weights load."]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"), help="where the default size, batch and augmentation come from")
+    parser.add_argument("--params", default=str(ROOT / "params.yaml"),
+                        help="where the default size, batch and augmentation come from")
     parser.add_argument("--repeats", type=int, default=11, help="interleaved measurements per model")
     parser.add_argument("--steps", type=int, default=2, help="training steps per measurement")
     parser.add_argument("--camera-images", type=int, default=16)
@@ -332,7 +349,8 @@ def main() -> None:
     report: dict = {
         "command": "make bench" if os.environ.get("MAKELEVEL") else " ".join(["python", *sys.argv]),
         "machine": machine(),
-        "settings": {"size": size, "batch": batch, "repeats": args.repeats, "steps": args.steps, "num_workers": workers, "device": str(device)},
+        "settings": {"size": size, "batch": batch, "repeats": args.repeats, "steps": args.steps,
+                     "num_workers": workers, "device": str(device)},
     }
 
     # Where bf16 is emulated it runs an order of magnitude slower than fp32 (about 17x for ResNet18
@@ -340,20 +358,23 @@ def main() -> None:
     # hardware where `precision: auto` would pick bf16.
     native = resolve_precision("auto", device)[0] != "fp32"
     precisions = ("fp32", "bf16") if native else ("fp32",)
-    print(f"training step: ours vs torchvision, {' and '.join(precisions)}, batch {batch} at {size} px on {device} ...", flush=True)
-    report["training_step"] = bench_training(ARCHS, size=size, batch=batch, repeats=args.repeats, steps=args.steps, device=device,
-                                             precisions=precisions)
+    print(f"training step: ours vs torchvision, {' and '.join(precisions)}, batch {batch} at {size} px "
+          f"on {device} ...", flush=True)
+    report["training_step"] = bench_training(ARCHS, size=size, batch=batch, repeats=args.repeats, steps=args.steps,
+                                             device=device, precisions=precisions)
     if not native:
         print("bf16 is not native here: one short bf16 probe of ResNet18 ...", flush=True)
         report["bf16_probe"] = bf16_probe("resnet18", size=size, batch=batch, device=device)
 
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         tmp = Path(tmp)
-        print(f"data loading: generating {args.camera_images} camera-sized JPEGs and {args.png_images} processed PNGs ...", flush=True)
+        print(f"data loading: generating {args.camera_images} camera-sized JPEGs and {args.png_images} "
+              "processed PNGs ...", flush=True)
         jpegs = camera_jpegs(tmp / "camera", args.camera_images, seed=0)
         table = processed_pngs(tmp / "processed", jpegs, size, args.png_images)
         transform = build_transform(mean=MEAN, std=STD, train=True, hflip=flip, vflip=flip, rotation=rotation)
-        png = loader_throughput(FundusDataset(table, tmp / "processed", transform), batch=batch, num_workers=workers, epochs=2)
+        png = loader_throughput(FundusDataset(table, tmp / "processed", transform), batch=batch, num_workers=workers,
+                                epochs=2)
         camera = loader_throughput(CameraDataset(jpegs, size, transform), batch=batch, num_workers=workers, epochs=1)
         with Image.open(jpegs[0]) as first:
             camera_size = f"{first.width}x{first.height}"

@@ -72,7 +72,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=3000)
     parser.add_argument("--height", type=int, default=2000)
     parser.add_argument("--size", type=int, default=512, help="preprocess.size")
-    parser.add_argument("--workers", type=int, nargs="+", default=None, help="worker counts to time (default: 1 and all cores)")
+    parser.add_argument("--workers", type=int, nargs="+", default=None,
+                        help="worker counts to time (default: 1 and all cores)")
     args = parser.parse_args()
 
     cores = default_workers()
@@ -102,7 +103,8 @@ def main() -> None:
                 failed = [o.message for o in outcomes if o.kind is not None]
                 if failed:
                     raise RuntimeError(f"benchmark images failed: {failed[:3]}")
-                print(f"{workers:>7}  {'on' if draft else 'off':>10}  {seconds:>8.1f}  {args.images / seconds:>8.1f}  {cpu / args.images:>11.3f}")
+                print(f"{workers:>7}  {'on' if draft else 'off':>10}  {seconds:>8.1f}  {args.images / seconds:>8.1f}  "
+                      f"{cpu / args.images:>11.3f}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,8 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(
-    arch: str, *, size: int, batch: int, steps: int, warmup: int, device: torch.device, compile_model: bool, precision: str = "auto"
+    arch: str, *, size: int, batch: int, steps: int, warmup: int, device: torch.device, compile_model: bool,
+    precision: str = "auto",
 ) -> dict:
     """Images/s over ``steps`` training steps after ``warmup`` steps, and the peak memory allocated."""
     raw, net = prepare_model(build_model(arch, num_classes=5), device, compile_model=compile_model)
@@ -52,11 +53,13 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
     with contextlib.redirect_stderr(io.StringIO()):  # no progress bars in the table
         start = time.perf_counter()
-        train_one_epoch(net, [(images, labels)] * warmup, optimizer, schedule, criterion, device, scaler=scaler, precision=precision)
+        train_one_epoch(net, [(images, labels)] * warmup, optimizer, schedule, criterion, device, scaler=scaler,
+                        precision=precision)
         _sync(device)
         warm_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        stats = train_one_epoch(net, [(images, labels)] * steps, optimizer, schedule, criterion, device, scaler=scaler, precision=precision)
+        stats = train_one_epoch(net, [(images, labels)] * steps, optimizer, schedule, criterion, device,
+                                scaler=scaler, precision=precision)
         _sync(device)
         seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
@@ -73,13 +76,15 @@ def stage_check(device: str, size: int, batch: int) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="stage-check-") as tmp:
         tmp = Path(tmp)
-        spec = SyntheticSpec(seed=1, train_patients=48, test_patients=8, unlabeled_patients=1, min_size=size, max_size=size + 32)
+        spec = SyntheticSpec(seed=1, train_patients=48, test_patients=8, unlabeled_patients=1, min_size=size,
+                             max_size=size + 32)
         write_synthetic_set(tmp / "raw", spec)
         build_processed_set(read_course(tmp / "raw"), out_dir=tmp / "processed", balance_path=tmp / "balance.json",
                             settings=CropSettings(size=size), val_fraction=0.25, seed=0)
         config = TrainConfig(lr=0.01, batch_size=batch, epochs=1, num_workers=2)
         return train_variant("resnet18", pretrained=False, config=config, data_dir=tmp / "processed", start_path=None,
-                             model_out=tmp / "model.pt", history_out=tmp / "history.tsv", summary_out=tmp / "summary.json", device=device)
+                             model_out=tmp / "model.pt", history_out=tmp / "history.tsv",
+                             summary_out=tmp / "summary.json", device=device)
 
 
 def main() -> None:
@@ -91,7 +96,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="timed steps (0: skip the throughput table)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first (cuDNN autotuning, compilation)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (the compile param)")
-    parser.add_argument("--stage", type=int, default=0, metavar="SIZE", help="also train one epoch of the train stage's code at SIZE px")
+    parser.add_argument("--stage", type=int, default=0, metavar="SIZE",
+                        help="also train one epoch of the train stage's code at SIZE px")
     args = parser.parse_args()
 
     device = select_device(args.device)
@@ -101,11 +107,14 @@ def main() -> None:
     else:
         print(f"device {device}: fp32, {torch.get_num_threads()} threads, torch {torch.__version__}")
     if args.steps > 0:
-        print(f"{'arch':<9} {'size':>5} {'batch':>5} {'images/s':>9} {'peak GiB':>9} {'warm-up s':>9}  compile={args.compile}")
+        print(f"{'arch':<9} {'size':>5} {'batch':>5} {'images/s':>9} {'peak GiB':>9} {'warm-up s':>9}  "
+              f"compile={args.compile}")
     for arch in args.archs if args.steps > 0 else []:
         for size in args.sizes:
-            row = measure(arch, size=size, batch=args.batch, steps=args.steps, warmup=args.warmup, device=device, compile_model=args.compile)
-            print(f"{arch:<9} {size:>5} {args.batch:>5} {row['images_per_s']:>9.1f} {row['peak_gib']:>9.2f} {row['warmup_s']:>9.1f}", flush=True)
+            row = measure(arch, size=size, batch=args.batch, steps=args.steps, warmup=args.warmup, device=device,
+                          compile_model=args.compile)
+            print(f"{arch:<9} {size:>5} {args.batch:>5} {row['images_per_s']:>9.1f} {row['peak_gib']:>9.2f} "
+                  f"{row['warmup_s']:>9.1f}", flush=True)
     if args.stage:
         summary = stage_check(args.device, args.stage, args.batch)
         print(f"train stage, resnet18 at {args.stage} px, 1 epoch: {summary}")

@@ -1,4 +1,5 @@
-"""Stage compare: pretrained minus scratch and ResNet50 minus ResNet18 on the same test patients, with intervals and verdicts."""
+"""Stage compare: pretrained minus scratch and ResNet50 minus ResNet18 on the same test patients, with intervals and
+verdicts."""
 
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ def main() -> None:
     write_json("metrics/compare.json", result)
     write_json("metrics/summary.json", headline(result["variants"]))
     rows = [{"label": f"{c['metric']}: {c['first']} - {c['second']}", **c} for c in result["comparisons"]]
-    forest(rows, "metrics/forest.png", title=f"Paired differences on the test patients ({len(seeds)} seed(s) per variant)",
+    forest(rows, "metrics/forest.png",
+           title=f"Paired differences on the test patients ({len(seeds)} seed(s) per variant)",
            dpi=get(params, "plot.dpi", int))
     for c in result["comparisons"]:
-        print(f"{c['metric']:>13}  {c['first']} - {c['second']}: {c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]  {c['verdict']}")
+        print(f"{c['metric']:>13}  {c['first']} - {c['second']}: {c['difference']:+.4f} "
+              f"[{c['low']:+.4f}, {c['high']:+.4f}]  {c['verdict']}")
 
 
 if __name__ == "__main__":

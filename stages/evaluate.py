@@ -1,4 +1,5 @@
-"""Stage evaluate@<arch>-<pretrained>-<seed>: test metrics with patient-bootstrap intervals, referable-DR screening, predictions."""
+"""Stage evaluate@<arch>-<pretrained>-<seed>: test metrics with patient-bootstrap intervals, referable-DR screening,
+predictions."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ def main() -> None:
     parser.add_argument("--data", default="data/processed")
     parser.add_argument("--models", default="models", help="folder holding <variant>.pt")
     parser.add_argument("--metrics", default="metrics/eval", help="folder the evaluation <variant>.json goes to")
-    parser.add_argument("--predictions", default="metrics/predictions", help="folder the predictions <variant>.csv go to")
+    parser.add_argument("--predictions", default="metrics/predictions",
+                        help="folder the predictions <variant>.csv go to")
     args = parser.parse_args()
 
     params = load_params(args.params)

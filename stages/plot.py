@@ -1,4 +1,5 @@
-"""Stage plot: confusion matrices, accuracy curves, ROC curves and a summary chart of the four variants over their seeds."""
+"""Stage plot: confusion matrices, accuracy curves, ROC curves and a summary chart of the four variants over their
+seeds."""
 
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ def main() -> None:
         on_split_leak=get(params, "data.on_split_leak", str, choices=LEAK_POLICIES),
         unlisted=unlisted_images(source, root, tables),
         report_path=args.report,
-        label_fraction=args.label_fraction if args.label_fraction is not None else get(params, "data.label_fraction", float),
+        label_fraction=(args.label_fraction if args.label_fraction is not None
+                        else get(params, "data.label_fraction", float)),
     )
 
 

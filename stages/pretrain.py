@@ -21,7 +21,8 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    check_known(params, "pretrain", ["source", "method", "optimizer", "epochs", "lr", "batch_size", "weight_decay", "momentum"])
+    check_known(params, "pretrain",
+                ["source", "method", "optimizer", "epochs", "lr", "batch_size", "weight_decay", "momentum"])
     pretrain_backbone(
         args.arch,
         source=get(params, "pretrain.source", str, choices=SOURCES),

@@ -1,4 +1,5 @@
-"""Stage report: metrics/report.md, the study as a lab report (data, setup, results with intervals, verdicts, screening)."""
+"""Stage report: metrics/report.md, the study as a lab report (data, setup, results with intervals, verdicts,
+screening)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from retinopathy.report import write_report
 
 # The params the report quotes as the study's setup (each declared for this stage in dvc.yaml).
 SETUP = ["data.source", "preprocess.size", "epochs", "batch_size", "lr", "optimizer", "lr_schedule", "class_weighting",
-         "select_on", "head", "decode", "refit_classifier", "refit_c", "evaluate.tta", "evaluate.patient_blend", "evaluate.blend_c", "precision",
+         "select_on", "head", "decode", "refit_classifier", "refit_c", "evaluate.tta", "evaluate.patient_blend",
+         "evaluate.blend_c", "precision",
          "pretrain.source", "pretrain.method", "pretrain.epochs"]
 
 

@@ -1,4 +1,5 @@
-"""Stage train@<arch>-<pretrained>-<seed>: fine-tune from pretrained weights or train from scratch, with one training seed."""
+"""Stage train@<arch>-<pretrained>-<seed>: fine-tune from pretrained weights or train from scratch, with one training
+seed."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from retinopathy.variants import train_variant
 
 # Top-level keys: training hyperparameters, then the other stages' sections.
 TOP_LEVEL = ["lr", "batch_size", "epochs", "weight_decay", "momentum", "optimizer", "lr_schedule", "class_weighting",
-             "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "precision", "seed", "seeds", "compile",
-             "nproc", "sync_bn", "head", "decode", "refit_classifier", "refit_c"]
+             "select_on", "flip", "rotation", "zero_init_residual", "num_workers", "device", "precision", "seed",
+             "seeds", "compile", "nproc", "sync_bn", "head", "decode", "refit_classifier", "refit_c"]
 SECTIONS = ["synthetic", "data", "preprocess", "pretrain", "evaluate", "compare", "plot"]
 
 
@@ -27,13 +28,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
     parser.add_argument("--pretrained", required=True, choices=["true", "false"])
-    parser.add_argument("--seed", required=True, type=int, help="training seed: initial head/weights, shuffling, augmentation")
+    parser.add_argument("--seed", required=True, type=int,
+                        help="training seed: initial head/weights, shuffling, augmentation")
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data/processed")
     parser.add_argument("--start", default="models/start", help="folder of the start points <arch>-<pretrained>")
     parser.add_argument("--models", default="models", help="folder the model <arch>-<pretrained>-<seed>.pt goes to")
-    parser.add_argument("--metrics", default="metrics/train", help="folder of the per-epoch history and the run's summary")
-    parser.add_argument("--checkpoints", default="checkpoints", help="folder of the resume snapshot (not a stage output)")
+    parser.add_argument("--metrics", default="metrics/train",
+                        help="folder of the per-epoch history and the run's summary")
+    parser.add_argument("--checkpoints", default="checkpoints",
+                        help="folder of the resume snapshot (not a stage output)")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -87,7 +91,8 @@ def main() -> None:
         refit_c=refit_c,
     )
     if os.environ.get("RANK", "0") == "0":
-        print(f"{variant}: best epoch {summary['best_epoch']}, val acc {summary['val_acc']}, val kappa {summary['val_kappa']}")
+        print(f"{variant}: best epoch {summary['best_epoch']}, val acc {summary['val_acc']}, "
+              f"val kappa {summary['val_kappa']}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -10,6 +11,11 @@ from typing import Callable
 
 import pytest
 from PIL import Image
+
+# Under `make test` two xdist workers share the machine's cores: one torch thread each, and in the stage processes
+# they start, rather than each worker's threads competing for every core. Set before any test module imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from retinopathy.embedded import SyntheticSpec, write_synthetic_set
 from retinopathy.preprocessing import CropSettings, build_processed_set
@@ -43,11 +49,13 @@ def processed_dir(raw_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def write_png_claiming(path: Path, width: int, height: int) -> Path:
-    """A valid 1 x 1 PNG (about 70 bytes) whose IHDR claims ``width`` x ``height``, with a correct CRC: a decompression bomb's header."""
+    """A valid 1 x 1 PNG (about 70 bytes) whose IHDR claims ``width`` x ``height``, with a correct CRC: a
+    decompression bomb's header."""
     buffer = io.BytesIO()
     Image.new("RGB", (1, 1), (120, 60, 20)).save(buffer, format="PNG")
     data = bytearray(buffer.getvalue())
-    # After the 8-byte signature: IHDR's length (4), type (4, bytes 12..16), data (13, bytes 16..29), CRC of type + data (29..33).
+    # After the 8-byte signature: IHDR's length (4), type (4, bytes 12..16), data (13, bytes 16..29),
+    # CRC of type + data (29..33).
     assert data[12:16] == b"IHDR"
     data[16:24] = struct.pack(">II", width, height)
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
@@ -76,3 +84,9 @@ def cpu_flags(monkeypatch: pytest.MonkeyPatch) -> Callable[[set[str]], None]:
         monkeypatch.setattr(precision, "cpu_info", lambda path="/proc/cpuinfo": ("Test CPU", set(flags)))
 
     return report
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Collect the end-to-end DVC module first: it is the suite's longest chain, so under `make test`
+    (two xdist workers, one module each at a time) one worker starts it at once and the other takes the rest."""
+    items.sort(key=lambda item: item.path.name != "test_pipeline.py")

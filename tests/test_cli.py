@@ -1,5 +1,5 @@
-"""The `retinopathy` command: grading raw photographs the way training saw them, failures, heatmaps, ONNX, and outputs that
-never write over what is read."""
+"""The `retinopathy` command: grading raw photographs the way training saw them, failures, heatmaps, ONNX, and
+outputs that never write over what is read."""
 
 from __future__ import annotations
 
@@ -75,7 +75,10 @@ def test_predict_matches_the_evaluate_path_on_processed_images(
     processed.mkdir()
     for photo in photos:
         assert process_image(photo, processed / f"{photo.stem}.png", SETTINGS).kind is None
-    dataset = FundusDataset(pd.DataFrame({"image": [p.stem for p in photos]}), processed, build_transform(mean=MEAN, std=STD, train=False), labelled=False)
+    dataset = FundusDataset(
+        pd.DataFrame({"image": [p.stem for p in photos]}), processed, build_transform(mean=MEAN, std=STD, train=False),
+        labelled=False,
+    )
     model = resnet18(num_classes=5)
     model.load_state_dict(torch.load(model_file, weights_only=True)["state_dict"])
     probs, _ = predict(model, torch.utils.data.DataLoader(dataset, batch_size=2), torch.device("cpu"), precision="fp32")
@@ -112,7 +115,10 @@ def test_bad_images_are_named_and_left_out_while_the_rest_are_graded(
     bad_list = tmp_path / "list.csv"
     bad_list.write_bytes(b"\xff\xfe\x00broken,\x00\n\x81\n")
     out = tmp_path / "grades.csv"
-    code = main(["predict", str(model_file), str(folder), str(tmp_path / "nothing_here"), str(bad_list), "--out", str(out), "--device", "cpu"])
+    code = main([
+        "predict", str(model_file), str(folder), str(tmp_path / "nothing_here"), str(bad_list),
+        "--out", str(out), "--device", "cpu",
+    ])
     err = capsys.readouterr().err
     assert code == 1
     for name in ("truncated.jpeg", "notes.jpg", "empty.png", "black.png", "nothing_here", "list.csv"):
@@ -121,9 +127,14 @@ def test_bad_images_are_named_and_left_out_while_the_rest_are_graded(
     assert sorted(pd.read_csv(out)["image"]) == sorted(map(str, good))
 
 
-def test_heatmaps_are_one_png_per_photograph_at_its_own_size(model_file: Path, photos: list[Path], tmp_path: Path) -> None:
+def test_heatmaps_are_one_png_per_photograph_at_its_own_size(
+    model_file: Path, photos: list[Path], tmp_path: Path
+) -> None:
     heat = tmp_path / "heat"
-    assert main(["predict", str(model_file), *map(str, photos), "--out", str(tmp_path / "g.csv"), "--heatmaps", str(heat), "--device", "cpu"]) == 0
+    assert main([
+        "predict", str(model_file), *map(str, photos),
+        "--out", str(tmp_path / "g.csv"), "--heatmaps", str(heat), "--device", "cpu",
+    ]) == 0
     assert sorted(p.name for p in heat.iterdir()) == sorted(f"{p.stem}.png" for p in photos)
     for photo in photos:
         with Image.open(photo) as original, Image.open(heat / f"{photo.stem}.png") as overlay:
@@ -186,7 +197,8 @@ def test_processed_set_records_the_crop_settings_models_copy(processed_dir: Path
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:
-    """Every entry under ``root`` (relative name -> bytes, None for a folder), to show a command left it exactly as it was."""
+    """Every entry under ``root`` (relative name -> bytes, None for a folder), to show a command left it exactly as
+    it was."""
     return {str(p.relative_to(root)): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
 
 
@@ -242,7 +254,8 @@ COLLISIONS = {
 
 @pytest.mark.parametrize("case", list(COLLISIONS))
 def test_outputs_over_into_or_around_inputs_the_model_or_each_other_are_usage_errors(
-    case: str, model_file: Path, photo_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    case: str, model_file: Path, photo_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     (photo_folder / "list.csv").write_text("image\n1_right.jpeg\n")
     (tmp_path / "models").mkdir()
@@ -259,17 +272,26 @@ def test_outputs_over_into_or_around_inputs_the_model_or_each_other_are_usage_er
     assert _tree(tmp_path) == before
 
 
-def test_heatmaps_into_an_existing_folder_leave_its_other_files_alone(model_file: Path, photos: list[Path], tmp_path: Path) -> None:
+def test_heatmaps_into_an_existing_folder_leave_its_other_files_alone(
+    model_file: Path, photos: list[Path], tmp_path: Path
+) -> None:
     heat = tmp_path / "heat"
     (heat / "earlier").mkdir(parents=True)
     (heat / "notes.txt").write_text("mine\n")
     (heat / "earlier" / "x.png").write_bytes(b"not touched")
-    assert main(["predict", str(model_file), str(photos[0]), "--heatmaps", str(heat), "--out", str(tmp_path / "g.csv"), "--device", "cpu"]) == 0
-    assert sorted(str(p.relative_to(heat)) for p in heat.rglob("*")) == ["1_left.png", "earlier", "earlier/x.png", "notes.txt"]
+    assert main([
+        "predict", str(model_file), str(photos[0]),
+        "--heatmaps", str(heat), "--out", str(tmp_path / "g.csv"), "--device", "cpu",
+    ]) == 0
+    assert sorted(str(p.relative_to(heat)) for p in heat.rglob("*")) == [
+        "1_left.png", "earlier", "earlier/x.png", "notes.txt",
+    ]
     assert (heat / "notes.txt").read_text() == "mine\n" and (heat / "earlier" / "x.png").read_bytes() == b"not touched"
 
 
-EXPORT_COLLISIONS = ("onnx-is-an-existing-dir", "onnx-is-the-model", "sidecar-is-an-existing-dir", "sidecar-is-the-model")
+EXPORT_COLLISIONS = (
+    "onnx-is-an-existing-dir", "onnx-is-the-model", "sidecar-is-an-existing-dir", "sidecar-is-the-model",
+)
 
 
 @pytest.mark.parametrize("case", EXPORT_COLLISIONS)
@@ -278,9 +300,13 @@ def test_export_onto_a_folder_or_the_model_is_a_usage_error(
 ) -> None:
     model = tmp_path / ("m.json" if case == "sidecar-is-the-model" else "model.pt")
     shutil.copy(model_file, model)
-    onnx = {"onnx-is-an-existing-dir": tmp_path / "existing_dir", "onnx-is-the-model": model}.get(case, tmp_path / "m.onnx")
-    culprit = {"onnx-is-an-existing-dir": onnx, "onnx-is-the-model": model, "sidecar-is-an-existing-dir": tmp_path / "m.json",
-               "sidecar-is-the-model": model}[case]
+    onnx = {
+        "onnx-is-an-existing-dir": tmp_path / "existing_dir", "onnx-is-the-model": model,
+    }.get(case, tmp_path / "m.onnx")
+    culprit = {
+        "onnx-is-an-existing-dir": onnx, "onnx-is-the-model": model, "sidecar-is-an-existing-dir": tmp_path / "m.json",
+        "sidecar-is-the-model": model,
+    }[case]
     if case.endswith("existing-dir"):
         (culprit / "sub").mkdir(parents=True)
         (culprit / "sub" / "keep.txt").write_text("keep me\n")
@@ -298,7 +324,9 @@ def test_a_decompression_bomb_is_named_and_the_other_photographs_are_graded(
     good = [_photograph(folder / "5_left.jpeg", 1, 7), _photograph(folder / "5_right.png", 2, 8, "right")]
     bomb = png_claiming(folder / "bomb.png", 20000, 10000)  # 69 bytes claiming 200 megapixels
     out, heat = tmp_path / "grades.csv", tmp_path / "heat"
-    code = main(["predict", str(model_file), str(folder), "--out", str(out), "--heatmaps", str(heat), "--device", "cpu"])
+    code = main([
+        "predict", str(model_file), str(folder), "--out", str(out), "--heatmaps", str(heat), "--device", "cpu",
+    ])
     err = capsys.readouterr().err
     assert code == 1
     assert f"cannot grade image {bomb} is too large to decode" in err and "Traceback" not in err, err
@@ -307,7 +335,8 @@ def test_a_decompression_bomb_is_named_and_the_other_photographs_are_graded(
 
 
 def test_an_exception_of_any_kind_while_reading_one_photograph_fails_only_that_one(
-    model_file: Path, photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    model_file: Path, photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = grading.photograph_input
 
@@ -324,7 +353,8 @@ def test_an_exception_of_any_kind_while_reading_one_photograph_fails_only_that_o
 
 
 def test_a_heatmap_that_cannot_be_drawn_fails_only_its_photograph(
-    model_file: Path, photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    model_file: Path, photos: list[Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     real = grading.heatmap_overlay
 
@@ -335,13 +365,18 @@ def test_a_heatmap_that_cannot_be_drawn_fails_only_its_photograph(
 
     monkeypatch.setattr(grading, "heatmap_overlay", heatmap_overlay)
     out, heat = tmp_path / "grades.csv", tmp_path / "heat"
-    assert main(["predict", str(model_file), *map(str, photos), "--out", str(out), "--heatmaps", str(heat), "--device", "cpu"]) == 1
+    assert main([
+        "predict", str(model_file), *map(str, photos),
+        "--out", str(out), "--heatmaps", str(heat), "--device", "cpu",
+    ]) == 1
     assert f"cannot grade {photos[0]}: heatmap not written: photograph changed on disk" in capsys.readouterr().err
     assert sorted(pd.read_csv(out)["image"]) == sorted(str(p) for p in photos[1:])
     assert sorted(p.name for p in heat.iterdir()) == sorted(f"{p.stem}.png" for p in photos[1:])
 
 
-def test_a_run_that_grades_nothing_leaves_no_rows_of_an_earlier_run(model_file: Path, photos: list[Path], tmp_path: Path) -> None:
+def test_a_run_that_grades_nothing_leaves_no_rows_of_an_earlier_run(
+    model_file: Path, photos: list[Path], tmp_path: Path
+) -> None:
     out = tmp_path / "grades.csv"
     assert main(["predict", str(model_file), str(photos[0]), "--out", str(out), "--device", "cpu"]) == 0
     assert len(pd.read_csv(out)) == 1
@@ -364,10 +399,18 @@ def test_device_cuda_without_cuda_is_a_usage_error_naming_the_device(
 
 def test_photographs_in_different_folders_are_different_patients(model_file: Path, tmp_path: Path) -> None:
     alone = _photograph(tmp_path / "clinicA" / "10_left.jpeg", 4, 11)
-    pair = [_photograph(tmp_path / "clinicB" / "10_left.jpeg", 0, 12), _photograph(tmp_path / "clinicB" / "10_right.jpeg", 1, 13, "right")]
-    one_eye_twice = [_photograph(tmp_path / "clinicC" / "11_left.jpeg", 2, 14), _photograph(tmp_path / "clinicC" / "11_left.png", 3, 15)]
+    pair = [
+        _photograph(tmp_path / "clinicB" / "10_left.jpeg", 0, 12),
+        _photograph(tmp_path / "clinicB" / "10_right.jpeg", 1, 13, "right"),
+    ]
+    one_eye_twice = [
+        _photograph(tmp_path / "clinicC" / "11_left.jpeg", 2, 14),
+        _photograph(tmp_path / "clinicC" / "11_left.png", 3, 15),
+    ]
     out = tmp_path / "grades.csv"
-    assert main(["predict", str(model_file), *map(str, [alone, *pair, *one_eye_twice]), "--out", str(out), "--device", "cpu"]) == 0
+    assert main([
+        "predict", str(model_file), *map(str, [alone, *pair, *one_eye_twice]), "--out", str(out), "--device", "cpu",
+    ]) == 0
     frame = pd.read_csv(out, dtype={"patient": str, "patient_grade": str}, keep_default_na=False).set_index("image")
     row = {path: frame.loc[str(path)] for path in [alone, *pair, *one_eye_twice]}
     assert row[alone]["patient"] == str(tmp_path / "clinicA" / "10")
@@ -375,7 +418,8 @@ def test_photographs_in_different_folders_are_different_patients(model_file: Pat
     assert row[alone]["patient_grade"] == ""  # one eye of its own patient, whatever clinicB's patient 10 shows
     worse = max(row[pair[0]]["grade"], row[pair[1]]["grade"])
     assert row[pair[0]]["patient_grade"] == row[pair[1]]["patient_grade"] == str(worse)
-    assert row[one_eye_twice[0]]["patient_grade"] == row[one_eye_twice[1]]["patient_grade"] == ""  # two photographs of one eye
+    # two photographs of one eye
+    assert row[one_eye_twice[0]]["patient_grade"] == row[one_eye_twice[1]]["patient_grade"] == ""
 
 
 def _direct_probabilities(model_file: Path, photos: list[Path], precision: str) -> np.ndarray:
@@ -386,14 +430,19 @@ def _direct_probabilities(model_file: Path, photos: list[Path], precision: str) 
         return torch.softmax(model(batch).float(), dim=1).numpy()
 
 
-@pytest.mark.parametrize(("recorded", "native", "expected"), [("fp32", True, "fp32"), ("bf16", False, "fp32"), ("bf16", True, "bf16")],
-                         ids=["fp32-model-on-a-bf16-machine", "bf16-model-without-native-bf16", "bf16-model-with-native-bf16"])
+@pytest.mark.parametrize(
+    ("recorded", "native", "expected"), [("fp32", True, "fp32"), ("bf16", False, "fp32"), ("bf16", True, "bf16")],
+    ids=["fp32-model-on-a-bf16-machine", "bf16-model-without-native-bf16", "bf16-model-with-native-bf16"],
+)
 def test_predict_grades_in_the_models_precision_where_the_machine_runs_it_natively(
-    recorded: str, native: bool, expected: str, model_file: Path, photos: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    recorded: str, native: bool, expected: str, model_file: Path, photos: list[Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = tmp_path / "model.pt"
     torch.save({**torch.load(model_file, weights_only=True), "precision": recorded}, model)
-    monkeypatch.setattr(precision_module, "native_bf16", lambda device, cpu_flags=None: (native, "pretended for the test"))
+    monkeypatch.setattr(
+        precision_module, "native_bf16", lambda device, cpu_flags=None: (native, "pretended for the test")
+    )
     out = tmp_path / "grades.csv"
     assert main(["predict", str(model), *map(str, photos), "--out", str(out), "--device", "cpu"]) == 0
     graded = pd.read_csv(out).set_index("image").loc[[str(p) for p in photos], [f"p{g}" for g in range(5)]].to_numpy()
@@ -403,12 +452,15 @@ def test_predict_grades_in_the_models_precision_where_the_machine_runs_it_native
 
 
 @pytest.mark.parametrize(("recorded", "device", "native", "expected"), [
-    ("fp32", "cpu", True, "fp32"), ("bf16", "cpu", False, "fp32"), ("bf16", "cpu", True, "bf16"), ("fp16", "cpu", True, "fp32"),
+    ("fp32", "cpu", True, "fp32"), ("bf16", "cpu", False, "fp32"), ("bf16", "cpu", True, "bf16"),
+    ("fp16", "cpu", True, "fp32"),
 ])
 def test_grading_precision_is_the_recorded_one_only_where_the_device_runs_it(
     recorded: str, device: str, native: bool, expected: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(precision_module, "native_bf16", lambda device, cpu_flags=None: (native, "pretended for the test"))
+    monkeypatch.setattr(
+        precision_module, "native_bf16", lambda device, cpu_flags=None: (native, "pretended for the test")
+    )
     assert grading_precision({"precision": recorded}, torch.device(device))[0] == expected
 
 

@@ -92,7 +92,9 @@ def test_split_is_stratified_by_patient_grade_and_puts_every_grade_on_both_sides
     kept, held = split_by_patient(frame, fraction=fraction, seed=3)
     held_grades = grades[sorted(_patients(held))]
     sizes = grades.value_counts()
-    assert (sizes >= 2).all(), "the generated frame must have two patients of every grade for this test to mean anything"
+    assert (sizes >= 2).all(), (
+        "the generated frame must have two patients of every grade for this test to mean anything"
+    )
     for grade, size in sizes.items():
         held_out = int((held_grades == grade).sum())
         assert 1 <= held_out <= size - 1, f"grade {grade}: {held_out} of {size} patients held out"
@@ -134,7 +136,9 @@ def test_split_that_would_leave_one_side_empty_is_refused(fraction: float) -> No
     (False, {"val_fraction": 0.15, "test_fraction": 0.01}, "data.test_fraction"),
     (True, {"val_fraction": 0.01, "test_fraction": 0.2}, "data.val_fraction"),
 ])
-def test_split_fraction_too_small_for_the_patients_names_its_key(given_test: bool, fractions: dict[str, float], key: str) -> None:
+def test_split_fraction_too_small_for_the_patients_names_its_key(
+    given_test: bool, fractions: dict[str, float], key: str
+) -> None:
     tables = {"train": _eyes(20), **({"test": _eyes(5, prefix="t")} if given_test else {})}
     with pytest.raises(ValueError, match=rf"\({key}\).*20 patients rounds to no held-out patient"):
         assign_splits(tables, seed=0, **fractions)
@@ -152,7 +156,8 @@ def test_dataset_returns_normalised_tensors_and_labels(processed_dir: Path) -> N
 
 
 def test_training_transform_augments_and_evaluation_transform_does_not(processed_dir: Path) -> None:
-    train = processed_dataset(processed_dir, "train", build_transform(mean=[0] * 3, std=[1] * 3, train=True, rotation=30))
+    train = processed_dataset(processed_dir, "train",
+                              build_transform(mean=[0] * 3, std=[1] * 3, train=True, rotation=30))
     evaluation = processed_dataset(processed_dir, "train", build_transform(mean=[0] * 3, std=[1] * 3, train=False))
     torch.manual_seed(0)
     assert any(not torch.equal(train[0][0], train[0][0]) for _ in range(5))
@@ -185,7 +190,8 @@ def _disc_image(width: int, height: int, cx: float, cy: float, r: float) -> Imag
 )
 def test_field_of_view_is_found_even_when_cut_off(width: int, height: int, cx: float, cy: float, r: float) -> None:
     fov = find_fov(_disc_image(width, height, cx, cy, r))
-    assert fov.cx == pytest.approx(cx, abs=2) and fov.cy == pytest.approx(cy, abs=3) and fov.radius == pytest.approx(r, abs=2)
+    assert (fov.cx == pytest.approx(cx, abs=2) and fov.cy == pytest.approx(cy, abs=3)
+            and fov.radius == pytest.approx(r, abs=2))
 
 
 def test_crop_keeps_the_circle_round_and_centred() -> None:

@@ -108,7 +108,9 @@ def test_cutpoints_are_fitted_on_validation_and_the_blend_on_training_outputs() 
         np.testing.assert_array_equal(preds, preds_shuffled)
         np.testing.assert_array_equal(probs, probs_shuffled)
     # An argmax blend fits nothing on validation either: shuffled validation labels leave its test grades as they are.
-    cls_train, cls_val, cls_test = _paired_probabilities(200, 8), _paired_probabilities(80, 0), _paired_probabilities(60, 1)
+    cls_train, cls_val, cls_test = (
+        _paired_probabilities(200, 8), _paired_probabilities(80, 0), _paired_probabilities(60, 1)
+    )
     cls_blend = PatientBlend().fit(cls_train.labels, cls_train.raw, cls_train.patients, cls_train.eyes)
     val_shuffled = Split(cls_val.names, cls_val.raw, np.random.default_rng(3).permutation(cls_val.labels))
     first = grade_with(Decoder(), cls_val, cls_test, blend=cls_blend)[0]
@@ -163,12 +165,16 @@ def test_components_cover_every_setup_of_a_head() -> None:
     train, val, test = _paired(100, 11), _paired(40, 6), _paired(30, 7)
     by_tta = lambda split: {"none": split, "flips": split}  # noqa: E731
     rows = components("regression", by_tta(val), by_tta(test), by_tta(train))
-    assert [(r["tta"], r["patient_blend"]) for r in rows] == [("none", False), ("none", True), ("flips", False), ("flips", True)]
+    assert [(r["tta"], r["patient_blend"]) for r in rows] == [
+        ("none", False), ("none", True), ("flips", False), ("flips", True),
+    ]
     assert all(set(r["val_2fold"]) == {"accuracy", "kappa", "macro_f1"} for r in rows)
     assert all(sum(r["test_predicted_grades"]) == 60 for r in rows)
     cls = [_paired_probabilities(100, 11), _paired_probabilities(40, 6), _paired_probabilities(30, 7)]
     rows = components("classification", by_tta(cls[1]), by_tta(cls[2]), by_tta(cls[0]))
-    assert [(r["decode"], r["patient_blend"]) for r in rows[:4]] == [("argmax", False), ("argmax", True), ("expected", False), ("expected", True)]
+    assert [(r["decode"], r["patient_blend"]) for r in rows[:4]] == [
+        ("argmax", False), ("argmax", True), ("expected", False), ("expected", True),
+    ]
     assert len(rows) == 8 and not any("error" in r for r in rows)
     # Training outputs missing a grade: the blend rows say why, the others are still scored.
     without_four = cls[0].take(np.flatnonzero(cls[0].labels < 4))
@@ -220,7 +226,8 @@ def test_a_model_with_bad_cutpoints_is_refused_on_load(tmp_path: Path) -> None:
 
 def test_evaluating_with_another_head_names_both(tmp_path: Path, processed_dir: Path) -> None:
     path = _save_model(tmp_path / "m.pt", Decoder(head="classification"))
-    with pytest.raises(ValueError, match="trained with head 'classification' but params.yaml asks for head 'regression'"):
+    with pytest.raises(ValueError,
+                       match="trained with head 'classification' but params.yaml asks for head 'regression'"):
         evaluate_variant(model_path=path, data_dir=processed_dir, metrics_out=tmp_path / "e.json",
                          predictions_out=tmp_path / "p.csv", device="cpu", head="regression")
     assert not (tmp_path / "e.json").exists()

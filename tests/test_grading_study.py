@@ -12,12 +12,20 @@ import pandas as pd
 import pytest
 import yaml
 
+from dvc_repo import run, stages_run, tiny_repo
 from retinopathy.ablation import blend_arms
 from retinopathy.evaluation import Split
 from retinopathy.grading_study import NONE, StudyAxes, arm_name, read_axes
-from retinopathy.grading_summary import ARM_KEYS, COMPONENT_KEYS, SummarySettings, choose, markdown, summarize, write_results
+from retinopathy.grading_summary import (
+    ARM_KEYS,
+    COMPONENT_KEYS,
+    SummarySettings,
+    choose,
+    markdown,
+    summarize,
+    write_results,
+)
 from retinopathy.params import ParamsError, load_params
-from dvc_repo import run, stages_run, tiny_repo
 from test_code_deps import code_dependencies
 from test_label_efficiency_study import _declared_params, _stages
 
@@ -27,7 +35,8 @@ STUDY_FILES = ("dvc.yaml", "params.yaml", "train.py", "grade.py", "summarize.py"
 
 
 def grading_code_mismatches(repo_root: Path) -> list[str]:
-    """One line per study stage whose declared code differs from what its script imports (as tests/test_code_deps.py)."""
+    """One line per study stage whose declared code differs from what its script imports (as
+    tests/test_code_deps.py)."""
     repo_root = repo_root.resolve()
     problems = []
     for stage in _stages(repo_root, STUDY / "dvc.yaml"):
@@ -48,7 +57,8 @@ def test_every_grading_study_stage_declares_exactly_the_code_it_imports() -> Non
 
 @pytest.mark.parametrize(
     ("stage", "removed"),
-    [("train", "src/retinopathy/variants.py"), ("grade", "src/retinopathy/ablation.py"), ("summarize", "src/retinopathy/statistics.py")],
+    [("train", "src/retinopathy/variants.py"), ("grade", "src/retinopathy/ablation.py"),
+     ("summarize", "src/retinopathy/statistics.py")],
 )
 def test_a_removed_grading_study_code_dep_is_reported(tmp_path: Path, stage: str, removed: str) -> None:
     for name in ("stages", "src"):
@@ -89,7 +99,8 @@ def test_grading_study_resolves_one_train_and_grade_per_seed_and_every_declared_
 def test_grading_study_trains_with_the_main_train_stages_params_less_the_grading_ones() -> None:
     """The train stages read the main train stage's params but for head, decode and the refit (the study grades
     those itself); only summarize declares the seeds, so adding one leaves the other seeds' stages cached."""
-    main = next(_declared_params(s) for s in _stages(ROOT, Path("dvc.yaml")) if s.name.startswith("train@resnet18-true"))
+    main = next(_declared_params(s) for s in _stages(ROOT, Path("dvc.yaml"))
+                if s.name.startswith("train@resnet18-true"))
     study = {stage.name: _declared_params(stage) for stage in _stages(ROOT, STUDY / "dvc.yaml")}
     train = next(params for name, params in study.items() if name.startswith("train@"))
     grading_keys = {"head", "decode", "refit_classifier", "refit_c"}
@@ -99,7 +110,8 @@ def test_grading_study_trains_with_the_main_train_stages_params_less_the_grading
     assert grade[(STUDY / "params.yaml").as_posix()] == ["refit", "blend_c"]
     assert sorted(study["summarize"][(STUDY / "params.yaml").as_posix()]) == sorted(
         ["arch", "pretrained", "seeds", "refit", "blend_c", "summary"])
-    assert [name for name, params in study.items() if "seeds" in params.get((STUDY / "params.yaml").as_posix(), [])] == ["summarize"]
+    assert [name for name, params in study.items()
+            if "seeds" in params.get((STUDY / "params.yaml").as_posix(), [])] == ["summarize"]
 
 
 @pytest.mark.parametrize(
@@ -133,7 +145,8 @@ def _made_up_study(rng: np.random.Generator, *, good_arm: str, good_on: str = "v
             for split in ("val", "test"):
                 wrong = rng.random(len(images)) < (0.05 if arm == good_arm and split == good_on else 0.4)
                 predicted = np.where(wrong, (labels[split] + rng.integers(1, 5, len(images))) % 5, labels[split])
-                frames.append(pd.DataFrame({"split": split, "image": images, "patient": [i.split("_")[0] for i in images],
+                frames.append(pd.DataFrame({"split": split, "image": images,
+                                            "patient": [i.split("_")[0] for i in images],
                                             "actual": labels[split], "predicted": predicted}))
                 entry[split] = {"kappa": 1.0 - wrong.mean(), "macro_f1": 0.5, "accuracy": 1.0 - wrong.mean()}
                 entry[f"{split}_predicted_grades"] = np.bincount(predicted, minlength=5).tolist()
@@ -163,10 +176,13 @@ def test_summary_picks_the_refit_better_on_validation_and_keeps_no_blend_whose_g
     summary = summarize(records, predictions, axes=AXES, settings=SummarySettings(bootstrap_resamples=100),
                         current={"refit": "1", "blend": "0.03"})
     # One table row per setup: two refits x (no blend, blend C=0.03); the ablation's 2 refits x 8 setups.
-    assert [(e["refit"], e["blend"]) for e in summary["arms"]] == [("none", "none"), ("none", "0.03"), ("1", "none"), ("1", "0.03")]
+    assert [(e["refit"], e["blend"]) for e in summary["arms"]] == [
+        ("none", "none"), ("none", "0.03"), ("1", "none"), ("1", "0.03"),
+    ]
     assert len(summary["components"]) == 16 == len({tuple(e[k] for k in COMPONENT_KEYS) for e in summary["components"]})
     assert all(e["seeds"] == 3 and e["errors"] == 0 for e in summary["arms"] + summary["components"])
-    refit = next(d for d in summary["differences"] if d["knob"] == "refit" and d["split"] == "val" and d["metric"] == "kappa")
+    refit = next(d for d in summary["differences"]
+                 if d["knob"] == "refit" and d["split"] == "val" and d["metric"] == "kappa")
     assert refit["low"] > 0 and refit["verdict"].startswith("refit C=1 better than no refit")
     assert summary["choice"]["refit"]["chosen"] == "1" and summary["choice"]["refit"]["agrees_with_params_yaml"]
     # The blend is judged on top of the refit chosen, where it is worse (40% wrong against 5%): no blend stays.
@@ -181,7 +197,8 @@ def test_summary_picks_the_refit_better_on_validation_and_keeps_no_blend_whose_g
 def test_a_setting_better_on_test_alone_is_not_chosen() -> None:
     records, predictions = _made_up_study(np.random.default_rng(1), good_arm=arm_name("1", NONE), good_on="test")
     summary = summarize(records, predictions, axes=AXES, settings=SummarySettings(bootstrap_resamples=100))
-    test = next(d for d in summary["differences"] if d["knob"] == "refit" and d["split"] == "test" and d["metric"] == "kappa")
+    test = next(d for d in summary["differences"]
+                if d["knob"] == "refit" and d["split"] == "test" and d["metric"] == "kappa")
     assert test["low"] > 0
     assert summary["choice"]["refit"]["chosen"] == NONE and "no refit stays" in summary["choice"]["refit"]["verdict"]
 
@@ -252,7 +269,8 @@ def tiny_grading_repo(path: Path, *, seeds: list[int]) -> Path:
 
 @pytest.fixture(scope="module")
 def grading_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny study (2 seeds, no refit and C = 1, no blend and C = 0.03), reproduced once with the documented command."""
+    """The tiny study (2 seeds, no refit and C = 1, no blend and C = 0.03), reproduced once with the documented
+    command."""
     path = tiny_grading_repo(tmp_path_factory.mktemp("grading"), seeds=[42, 43])
     path.joinpath("first.log").write_text(run(["dvc", "repro", "studies/grading/dvc.yaml"], path))
     return path
@@ -278,7 +296,9 @@ def test_tiny_grading_study_trains_from_the_main_start_point_and_writes_tables_a
         assert set(frame["split"]) == {"val", "test"} and frame["predicted"].between(0, 4).all()
     results = grading_repo / STUDY / "results"
     summary = json.loads((results / "grading.json").read_text())
-    assert [(e["refit"], e["blend"]) for e in summary["arms"]] == [("none", "none"), ("none", "0.03"), ("1", "none"), ("1", "0.03")]
+    assert [(e["refit"], e["blend"]) for e in summary["arms"]] == [
+        ("none", "none"), ("none", "0.03"), ("1", "none"), ("1", "0.03"),
+    ]
     assert {d["label"] for d in summary["differences"]} == {
         "refit C=1 - no refit", "blend C=0.03 - no blend (no refit)", "blend C=0.03 - no blend (refit C=1)"}
     assert summary["choice"]["refit"]["chosen"] in {"none", "1"} and summary["seconds"]["training"] > 0

@@ -1,4 +1,5 @@
-"""Decoding photographs of every mode to upright 8-bit RGB, and rejecting frames without a field of view or with too many pixels."""
+"""Decoding photographs of every mode to upright 8-bit RGB, and rejecting frames without a field of view or with too
+many pixels."""
 
 from __future__ import annotations
 
@@ -81,7 +82,8 @@ def test_16bit_grayscale_png_is_a_grey_disc_scaled_by_bit_depth_not_a_white_one(
 
 @pytest.mark.parametrize(
     ("mode", "value", "expected"),
-    [("I;16", 30000, 117), ("I;16B", 30000, 117), ("I", 30000, 117), ("I", 200, 200), ("F", 0.5, 128), ("F", 30000.0, 117)],
+    [("I;16", 30000, 117), ("I;16B", 30000, 117), ("I", 30000, 117), ("I", 200, 200), ("F", 0.5, 128),
+     ("F", 30000.0, 117)],
 )
 def test_deep_modes_are_scaled_by_their_range_never_clipped(mode: str, value: float, expected: int) -> None:
     values = np.array([[0, value], [value, 0]])
@@ -127,8 +129,12 @@ def test_rgba_with_white_transparent_background_has_the_disc_as_field_of_view(tm
     assert out[0, 0] < 20 and out[16, 16] > 60  # black corner of the crop, the disc in its middle
 
 
-@pytest.mark.parametrize("fill", [(255, 255, 255), (0, 0, 0), (200, 190, 180)], ids=["white", "black", "uniformly-bright"])
-def test_frame_without_field_of_view_is_a_bad_image_and_leaves_no_output(tmp_path: Path, fill: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize(
+    "fill", [(255, 255, 255), (0, 0, 0), (200, 190, 180)], ids=["white", "black", "uniformly-bright"]
+)
+def test_frame_without_field_of_view_is_a_bad_image_and_leaves_no_output(
+    tmp_path: Path, fill: tuple[int, int, int]
+) -> None:
     src, dst = tmp_path / "7_right.png", tmp_path / "out.png"
     Image.new("RGB", (WIDTH, HEIGHT), fill).save(src)
     dst.write_bytes(b"stale output of an earlier run")
@@ -167,13 +173,16 @@ def test_missing_and_truncated_files_are_named(tmp_path: Path) -> None:
         open_rgb(tmp_path / "cut.png")
 
 
-@pytest.mark.parametrize(("width", "height"), [(20000, 10000), (10050, 10000)], ids=["twice-the-limit", "just-over-the-limit"])
+@pytest.mark.parametrize(
+    ("width", "height"), [(20000, 10000), (10050, 10000)], ids=["twice-the-limit", "just-over-the-limit"]
+)
 def test_tiny_png_whose_header_claims_a_huge_image_is_refused_before_decoding(
     tmp_path: Path, png_claiming: Callable[[Path, int, int], Path], width: int, height: int
 ) -> None:
     bomb = png_claiming(tmp_path / "bomb.png", width, height)
     assert bomb.stat().st_size < 100
-    with pytest.raises(TooManyPixelsError, match=r"bomb\.png is too large to decode: .*exceeds limit of 100000000 pixels"):
+    with pytest.raises(TooManyPixelsError,
+                       match=r"bomb\.png is too large to decode: .*exceeds limit of 100000000 pixels"):
         open_rgb(bomb)
     dst = tmp_path / "out.png"
     out = process_image(bomb, dst, CropSettings(size=32))
@@ -181,17 +190,22 @@ def test_tiny_png_whose_header_claims_a_huge_image_is_refused_before_decoding(
     assert not dst.exists()
 
 
-def test_pixel_limit_is_ours_even_where_pils_own_guard_is_switched_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pixel_limit_is_ours_even_where_pils_own_guard_is_switched_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     monkeypatch.setattr(images, "MAX_PIXELS", 64 * 64)
     Image.new("RGB", (64, 64), (90, 40, 10)).save(tmp_path / "at_limit.png")
     Image.new("RGB", (65, 64), (90, 40, 10)).save(tmp_path / "over_limit.png")
     assert open_rgb(tmp_path / "at_limit.png")[0].size == (64, 64)
-    with pytest.raises(TooManyPixelsError, match=r"over_limit\.png .*65 x 64 = 4,160 pixels, more than the limit of 4,096"):
+    with pytest.raises(TooManyPixelsError,
+                       match=r"over_limit\.png .*65 x 64 = 4,160 pixels, more than the limit of 4,096"):
         open_rgb(tmp_path / "over_limit.png")
 
 
-def test_any_exception_while_cropping_one_image_makes_it_a_bad_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_any_exception_while_cropping_one_image_makes_it_a_bad_image(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     src = tmp_path / "1_left.png"
     render_fundus(1, np.random.default_rng(0), size=64).save(src)
 
@@ -210,7 +224,8 @@ def test_an_output_that_cannot_be_written_stops_naming_it_instead_of_blaming_the
     (tmp_path / "clinicB").write_text("a file where the output's folder should be\n")
     with pytest.raises(OSError, match=r"cannot write the processed image .*clinicB/10_left\.png"):
         process_image(src, tmp_path / "clinicB" / "10_left.png", CropSettings(size=32))
-    assert process_image(src, tmp_path / "clinicA" / "10_left.png", CropSettings(size=32)).kind is None  # a missing folder is made
+    # a missing folder is made
+    assert process_image(src, tmp_path / "clinicA" / "10_left.png", CropSettings(size=32)).kind is None
     assert Image.open(tmp_path / "clinicA" / "10_left.png").size == (32, 32)
 
 

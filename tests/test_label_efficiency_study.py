@@ -1,4 +1,5 @@
-"""The label-efficiency study (studies/label_efficiency/): exact code deps, params that resolve, a tiny end-to-end run."""
+"""The label-efficiency study (studies/label_efficiency/): exact code deps, params that resolve, a tiny end-to-end
+run."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import pytest
 import yaml
 from dvc.repo import Repo
 
+from dvc_repo import run, stages_run, tiny_repo
 from retinopathy.data import patient_of
 from retinopathy.label_efficiency import StudyLayout, SummarySettings, fraction_name, summarize_study, write_study
 from retinopathy.metrics import quadratic_weighted_kappa
 from retinopathy.params import get, load_params
 from retinopathy.utils import write_csv, write_json
-from dvc_repo import run, stages_run, tiny_repo
 from test_code_deps import code_dependencies
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +43,8 @@ def _declared_params(stage) -> dict[str, list[str]]:
 
 
 def study_code_mismatches(repo_root: Path) -> list[str]:
-    """One line per study stage whose declared code differs from what its script imports (as tests/test_code_deps.py)."""
+    """One line per study stage whose declared code differs from what its script imports (as
+    tests/test_code_deps.py)."""
     repo_root = repo_root.resolve()
     problems = []
     for stage in _stages(repo_root, STUDY / "dvc.yaml"):
@@ -85,7 +87,8 @@ def test_study_resolves_one_stage_per_point_and_every_declared_param_exists() ->
     study = load_params(ROOT / STUDY / "params.yaml")
     fractions, seeds = get(study, "fractions", list), get(study, "seeds", list)
     stages = {stage.name: stage for stage in _stages(ROOT, STUDY / "dvc.yaml")}
-    points = {f"{fraction}-{pretrained}-{seed}" for fraction in fractions for pretrained in ("true", "false") for seed in seeds}
+    points = {f"{fraction}-{pretrained}-{seed}"
+              for fraction in fractions for pretrained in ("true", "false") for seed in seeds}
     assert set(stages) == ({f"{name}@{fraction}" for name in ("preprocess", "pretrain") for fraction in fractions}
                            | {f"{name}@{point}" for name in ("train", "evaluate") for point in points} | {"summarize"})
     assert "--label-fraction 0.1 " in stages["preprocess@0.1"].cmd and "--seed 43" in stages["train@0.25-false-43"].cmd
@@ -113,17 +116,19 @@ def test_study_points_read_the_projects_params_as_the_main_stages_do() -> None:
     assert study["summarize"] == {(STUDY / "params.yaml").as_posix(): ["fractions", "seeds", "summary"]}
 
 
-def _fake_point_outputs(layout: StudyLayout, fraction: float, *, seeds: list[int], images: list[str], labels: np.ndarray,
-                        train_images: int, rng: np.random.Generator) -> None:
+def _fake_point_outputs(layout: StudyLayout, fraction: float, *, seeds: list[int], images: list[str],
+                        labels: np.ndarray, train_images: int, rng: np.random.Generator) -> None:
     """What the study's preprocess and evaluate stages write for one fraction: pretrained predicts the grade
     right 90% of the time, from scratch predicts grade 0 for everything (QWK 0)."""
     name = fraction_name(fraction)
-    write_json(layout.preprocess(name) / "preprocess_report.json", {"label_fraction": {"kept_patients": train_images // 2}})
+    write_json(layout.preprocess(name) / "preprocess_report.json",
+               {"label_fraction": {"kept_patients": train_images // 2}})
     write_json(layout.preprocess(name) / "label_balance.json",
                {"train": {"total": train_images}, "val": {"total": 30}, "test": {"total": len(images)}})
     for seed in seeds:
         for pretrained in ("true", "false"):
-            predicted = np.where(rng.random(len(labels)) < 0.9, labels, 0) if pretrained == "true" else np.zeros_like(labels)
+            predicted = (np.where(rng.random(len(labels)) < 0.9, labels, 0) if pretrained == "true"
+                         else np.zeros_like(labels))
             patients = [patient_of(image) for image in images]
             frame = pd.DataFrame({"image": images, "patient": patients, "actual": labels, "predicted": predicted})
             write_csv(layout.predictions(name) / f"resnet18-{pretrained}-{seed}.csv", frame)
@@ -152,7 +157,8 @@ def test_summary_averages_seeds_pairs_the_arms_and_draws_table_and_figure(tmp_pa
         assert row["scratch_qwk"] == row["scratch_low"] == row["scratch_high"] == 0.0
         assert row["difference"] == pytest.approx(row["pretrained_qwk"] - row["scratch_qwk"], abs=1e-4)
         assert 0 < row["difference_low"] <= row["difference_high"]
-        assert row["verdict"].startswith("pretrained better than from scratch") and "training seeds" in row["difference_covers"]
+        assert (row["verdict"].startswith("pretrained better than from scratch")
+                and "training seeds" in row["difference_covers"])
         # Welch-Satterthwaite df lie between the smallest component's and their sum: the pretrained seeds' 1 and
         # the bootstrap's 40 test patients - 1 (the scratch seeds agree exactly and add nothing).
         assert 1 <= row["difference_df"] <= 1 + 39
@@ -192,7 +198,8 @@ def tiny_study_repo(path: Path, *, fractions: list[float], seeds: list[int]) -> 
 
 @pytest.fixture(scope="module")
 def study_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny study (2 fractions x 2 pretraining settings x 1 seed), reproduced once with the command the docs give."""
+    """The tiny study (2 fractions x 2 pretraining settings x 1 seed), reproduced once with the command the docs
+    give."""
     path = tiny_study_repo(tmp_path_factory.mktemp("study"), fractions=[0.5, 1.0], seeds=[42])
     path.joinpath("first.log").write_text(run(["dvc", "repro", "studies/label_efficiency/dvc.yaml"], path))
     return path
@@ -217,7 +224,8 @@ def test_tiny_study_runs_every_point_from_the_main_data_set_and_writes_table_and
         assert ((table[f"{arm}_low"] <= table[f"{arm}_qwk"]) & (table[f"{arm}_qwk"] <= table[f"{arm}_high"])).all()
     assert (table["difference_low"] <= table["difference_high"]).all() and table["verdict"].str.len().gt(0).all()
     markdown = (results / "label_efficiency.md").read_text()
-    assert "| 0.5 |" in markdown and "| 1 |" in markdown and "patient" in markdown and "label_efficiency.png" in markdown
+    assert ("| 0.5 |" in markdown and "| 1 |" in markdown and "patient" in markdown
+            and "label_efficiency.png" in markdown)
     assert (results / "label_efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (study_repo / STUDY / "dvc.lock").is_file()
 

@@ -1,4 +1,5 @@
-"""data.label_fraction: a seeded, grade-stratified share of the training patients keeps its labels; the rest join the pool."""
+"""data.label_fraction: a seeded, grade-stratified share of the training patients keeps its labels; the rest join
+the pool."""
 
 from __future__ import annotations
 
@@ -61,7 +62,9 @@ def test_each_grade_keeps_its_share_of_the_patients(fraction: float) -> None:
     tolerance = (g - 1) / (2 * k)
     for grade, share in before.items():
         kept_share = after.get(grade, 0) / k
-        assert abs(kept_share - share) <= tolerance, f"grade {grade}: {kept_share:.3f} of the kept vs {share:.3f} of all"
+        assert abs(kept_share - share) <= tolerance, (
+            f"grade {grade}: {kept_share:.3f} of the kept vs {share:.3f} of all"
+        )
 
 
 def test_the_same_seed_keeps_the_same_patients_and_another_seed_others() -> None:
@@ -94,7 +97,8 @@ def test_a_fraction_outside_zero_to_one_is_refused_naming_the_key(bad: object) -
 
 
 def test_a_fraction_that_keeps_no_patient_is_refused_naming_the_key() -> None:
-    with pytest.raises(ValueError, match=r"data\.label_fraction 0\.004 keeps no training patient .*100 patients.*least 0\.005"):
+    with pytest.raises(ValueError,
+                       match=r"data\.label_fraction 0\.004 keeps no training patient .*100 patients.*least 0\.005"):
         keep_labelled_fraction(_training_table(patients=100), fraction=0.004, seed=3)
     kept, _ = keep_labelled_fraction(_training_table(patients=100), fraction=0.005, seed=3)
     assert len(_patients(kept)) == 1
@@ -164,7 +168,9 @@ def test_set_aside_patients_join_the_pool_and_leave_validation_and_test_unchange
     assert json.loads((tmp_path / "label_balance.json").read_text())["train"]["total"] == len(train)
 
 
-def test_full_fraction_writes_the_same_bytes_as_the_default_run(raw_dir: Path, processed_dir: Path, tmp_path: Path) -> None:
+def test_full_fraction_writes_the_same_bytes_as_the_default_run(
+    raw_dir: Path, processed_dir: Path, tmp_path: Path
+) -> None:
     _build(raw_dir, tmp_path, label_fraction=1.0)
     out = tmp_path / "processed"
     files = sorted(p.relative_to(processed_dir) for p in processed_dir.rglob("*") if p.is_file())

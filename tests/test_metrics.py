@@ -32,8 +32,12 @@ CASES = [
 @pytest.mark.parametrize(("y_true", "y_pred"), CASES)
 def test_metrics_agree_with_scikit_learn(y_true: np.ndarray, y_pred: np.ndarray) -> None:
     assert accuracy(y_true, y_pred) == pytest.approx(np.mean(y_true == y_pred))
-    assert quadratic_weighted_kappa(y_true, y_pred) == pytest.approx(cohen_kappa_score(y_true, y_pred, weights="quadratic"))
-    assert macro_f1(y_true, y_pred) == pytest.approx(f1_score(y_true, y_pred, labels=range(5), average="macro", zero_division=0))
+    assert quadratic_weighted_kappa(y_true, y_pred) == pytest.approx(
+        cohen_kappa_score(y_true, y_pred, weights="quadratic")
+    )
+    assert macro_f1(y_true, y_pred) == pytest.approx(
+        f1_score(y_true, y_pred, labels=range(5), average="macro", zero_division=0)
+    )
 
 
 def _random_grade_cases(count: int) -> list[tuple[np.ndarray, np.ndarray]]:

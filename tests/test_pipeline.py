@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from dvc_repo import run, stages_run, tiny_repo
 
 VARIANTS = ["resnet18-true-42", "resnet18-false-42", "resnet50-true-42", "resnet50-false-42"]
@@ -38,7 +39,9 @@ def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path
             ci = metrics["intervals"][name]
             assert ci["low"] <= ci["value"] <= ci["high"]
         assert metrics["bootstrap"]["unit"] == "patient" and metrics["bootstrap"]["patients"] == 5
-        assert "auc" in metrics["referable"] and set(metrics["referable"]["operating_points"]) == {"high_sensitivity", "high_specificity"}
+        assert "auc" in metrics["referable"] and set(metrics["referable"]["operating_points"]) == {
+            "high_sensitivity", "high_specificity",
+        }
         assert metrics["grading"]["head"] == "classification" and metrics["grading"]["tta"] == "none"
         assert "applied" in metrics["grading"]["refit"]  # the train stage's record of the classifier refit
         # The evaluation scores the configured grading only; the ablation is the grading study's.
@@ -46,12 +49,14 @@ def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path
         summary = json.loads((repo / "metrics" / "train" / f"{variant}.json").read_text())
         assert summary["seconds"] >= summary["train_seconds"] > 0
     figures = sorted(p.name for p in (repo / "metrics" / "figures").glob("*.png"))
-    assert figures == ["accuracy_resnet18.png", "accuracy_resnet50.png", "confusion_resnet18.png", "confusion_resnet50.png",
-                       "roc_referable.png", "roc_sight_threatening.png", "summary.png"]
+    assert figures == ["accuracy_resnet18.png", "accuracy_resnet50.png", "confusion_resnet18.png",
+                       "confusion_resnet50.png", "roc_referable.png", "roc_sight_threatening.png", "summary.png"]
     compared = json.loads((repo / "metrics" / "compare.json").read_text())
     assert len(compared["comparisons"]) == 4 * 4  # 4 questions x 4 metrics
     assert all(c["low"] <= c["high"] and c["verdict"] for c in compared["comparisons"])
-    assert set(json.loads((repo / "metrics" / "summary.json").read_text())) == {"r18_pre", "r18_scr", "r50_pre", "r50_scr"}
+    assert set(json.loads((repo / "metrics" / "summary.json").read_text())) == {
+        "r18_pre", "r18_scr", "r50_pre", "r50_scr",
+    }
     report = (repo / "metrics" / "report.md").read_text()
     assert "## Paired differences" in report and "Does pretraining help ResNet18?" in report
     assert "## Stage times" in report
@@ -100,14 +105,16 @@ def test_stage_with_a_missing_params_key_fails_naming_it(repo: Path) -> None:
     bad = repo / "bad-params.yaml"
     bad.write_text(yaml.safe_dump(params))
     done = subprocess.run(
-        [sys.executable, "stages/train.py", "--arch", "resnet18", "--pretrained", "false", "--seed", "42", "--params", str(bad)],
+        [sys.executable, "stages/train.py", "--arch", "resnet18", "--pretrained", "false", "--seed", "42",
+         "--params", str(bad)],
         cwd=repo, capture_output=True, text=True,
     )
     assert done.returncode != 0 and "missing key 'momentum'" in done.stderr
 
 
 def test_unknown_architecture_is_refused_by_the_stage(repo: Path) -> None:
-    done = subprocess.run([sys.executable, "stages/pretrain.py", "--arch", "resnet34"], cwd=repo, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "stages/pretrain.py", "--arch", "resnet34"], cwd=repo,
+                          capture_output=True, text=True)
     assert done.returncode != 0 and "resnet34" in done.stderr
 
 
@@ -120,4 +127,5 @@ def test_train_stage_gives_identical_weights_in_a_second_working_copy(repo: Path
     first = torch.load(repo / "models" / "resnet18-false-42.pt", weights_only=True)["state_dict"]
     second = torch.load(copy / "models" / "resnet18-false-42.pt", weights_only=True)["state_dict"]
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    assert (repo / "metrics" / "train" / "resnet18-false-42.tsv").read_bytes() == (copy / "metrics" / "train" / "resnet18-false-42.tsv").read_bytes()
+    assert ((repo / "metrics" / "train" / "resnet18-false-42.tsv").read_bytes()
+            == (copy / "metrics" / "train" / "resnet18-false-42.tsv").read_bytes())

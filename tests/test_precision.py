@@ -18,7 +18,8 @@ CPU = torch.device("cpu")
 
 @pytest.mark.parametrize(
     ("flags", "expected"),
-    [({"avx2", "fma"}, "fp32"), ({"avx512f", "avx512_vnni"}, "fp32"), ({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_bf16", "amx_tile"}, "bf16")],
+    [({"avx2", "fma"}, "fp32"), ({"avx512f", "avx512_vnni"}, "fp32"), ({"avx512f", "avx512_bf16"}, "bf16"),
+     ({"amx_bf16", "amx_tile"}, "bf16")],
 )
 def test_auto_takes_bf16_only_on_a_cpu_with_native_bf16(flags: set[str], expected: str) -> None:
     precision, reason = resolve_precision("auto", CPU, cpu_flags=flags)
@@ -57,7 +58,8 @@ def test_bf16_training_step_keeps_weights_optimizer_state_and_loss_in_fp32() -> 
     assert torch.isfinite(torch.tensor(stats.loss))
     assert not torch.equal(before, model.conv1.weight)  # a step was taken
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert all(v.dtype == torch.float32 for state in opt.state.values() for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
+    assert all(v.dtype == torch.float32 for state in opt.state.values() for v in state.values()
+               if torch.is_tensor(v) and v.is_floating_point())
     with autocast(CPU, "bf16"):
         assert model(torch.randn(2, 3, 32, 32)).dtype == torch.bfloat16
     with autocast(CPU, "fp32"):
@@ -66,7 +68,8 @@ def test_bf16_training_step_keeps_weights_optimizer_state_and_loss_in_fp32() -> 
 
 @pytest.mark.parametrize(
     ("flags", "expected", "evidence"),
-    [({"avx2", "avx512f"}, "fp32", "none of the CPU flags"), ({"avx512f", "avx512_bf16"}, "bf16", "avx512_bf16"), ({"amx_bf16", "amx_tile"}, "bf16", "amx_bf16")],
+    [({"avx2", "avx512f"}, "fp32", "none of the CPU flags"), ({"avx512f", "avx512_bf16"}, "bf16", "avx512_bf16"),
+     ({"amx_bf16", "amx_tile"}, "bf16", "amx_bf16")],
 )
 def test_auto_reads_the_cpus_own_flags_bf16_where_native_fp32_elsewhere(
     cpu_flags: Callable[[set[str]], None], flags: set[str], expected: str, evidence: str

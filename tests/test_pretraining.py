@@ -61,9 +61,12 @@ def test_backbone_of_another_architecture_is_rejected() -> None:
 
 def test_rotation_pretraining_learns_above_chance(processed_dir: Path) -> None:
     torch.manual_seed(0)
-    ds = processed_dataset(processed_dir, "train", build_transform(mean=[0.4, 0.2, 0.1], std=[0.3, 0.15, 0.08], train=False))
-    loader = make_loader(ds, batch_size=16, train=True, num_workers=0, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
-    model, history = rotation_pretrain("resnet18", loader, epochs=6, lr=0.01, weight_decay=0.0, momentum=0.9, optimizer="sgd", device=torch.device("cpu"))
+    ds = processed_dataset(processed_dir, "train",
+                           build_transform(mean=[0.4, 0.2, 0.1], std=[0.3, 0.15, 0.08], train=False))
+    loader = make_loader(ds, batch_size=16, train=True, num_workers=0, generator=torch.Generator().manual_seed(0),
+                         device=torch.device("cpu"))
+    model, history = rotation_pretrain("resnet18", loader, epochs=6, lr=0.01, weight_decay=0.0, momentum=0.9,
+                                       optimizer="sgd", device=torch.device("cpu"))
     assert model.fc.out_features == 4 and len(history) == 6
     assert history[-1]["pretext_loss"] < history[0]["pretext_loss"]
 
@@ -84,8 +87,10 @@ def test_simclr_pretraining_yields_a_backbone_that_loads_into_the_classifier(pro
     torch.manual_seed(0)
     ds = processed_dataset(processed_dir, "train", TwoViews(contrastive_transform(32, mean=[0.4] * 3, std=[0.2] * 3)))
     assert ds[0][0].shape == (2, 3, 32, 32)
-    loader = make_loader(ds, batch_size=8, train=True, num_workers=0, generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
-    model, history = simclr_pretrain("resnet18", loader, epochs=1, lr=0.05, weight_decay=0.0, momentum=0.9, device=torch.device("cpu"))
+    loader = make_loader(ds, batch_size=8, train=True, num_workers=0, generator=torch.Generator().manual_seed(0),
+                         device=torch.device("cpu"))
+    model, history = simclr_pretrain("resnet18", loader, epochs=1, lr=0.05, weight_decay=0.0, momentum=0.9,
+                                     device=torch.device("cpu"))
     assert len(history) == 1 and history[0]["pretext_loss"] > 0
     classifier = resnet18(num_classes=5)
     load_backbone(classifier, backbone_state(model))
@@ -102,7 +107,9 @@ def test_pretraining_refuses_a_pool_holding_an_eye_of_a_validation_patient(proce
     pool = pd.read_csv(data / "unlabeled.csv", dtype={"image": str})
     pd.concat([pool, pd.DataFrame({"image": [val_image]})]).to_csv(data / "unlabeled.csv", index=False)
     shutil.copy(data / "val" / f"{val_image}.png", data / "unlabeled" / f"{val_image}.png")
-    with pytest.raises(ValueError, match=rf"(?s)unlabeled\.csv: 1 pool image.*'{val_image}' \(patient '{patient_of(val_image)}' is in val\)"):
-        pretrain_backbone("resnet18", source="selfsup", method="rotation", data_dir=data, out=tmp_path / "start", epochs=1, lr=0.01,
-                          batch_size=8, optimizer="sgd", weight_decay=0.0, momentum=0.9, seed=0, device="cpu", precision="fp32")
+    with pytest.raises(ValueError, match=rf"(?s)unlabeled\.csv: 1 pool image.*'{val_image}' "
+                                         rf"\(patient '{patient_of(val_image)}' is in val\)"):
+        pretrain_backbone("resnet18", source="selfsup", method="rotation", data_dir=data, out=tmp_path / "start",
+                          epochs=1, lr=0.01, batch_size=8, optimizer="sgd", weight_decay=0.0, momentum=0.9, seed=0,
+                          device="cpu", precision="fp32")
     assert not (tmp_path / "start").exists()

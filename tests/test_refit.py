@@ -85,7 +85,8 @@ def test_refit_keeps_the_layer_when_a_grade_has_no_training_image() -> None:
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=5)
     fc = model.fc.weight.detach().clone()
-    record = refit_classifier(model, _loader([0] * 10 + [1] * 4 + [2] * 4 + [3] * 2), torch.device("cpu"), class_weights=None, c=1.0)
+    record = refit_classifier(model, _loader([0] * 10 + [1] * 4 + [2] * 4 + [3] * 2), torch.device("cpu"),
+                              class_weights=None, c=1.0)
     assert not record["applied"] and "[4]" in record["reason"]
     assert torch.equal(model.fc.weight, fc)
 
@@ -105,8 +106,9 @@ def test_train_variant_refits_after_the_chosen_epoch_and_records_it(processed_di
     grades = set(np.loadtxt(processed_dir / "train.csv", delimiter=",", skiprows=1, usecols=1, dtype=str).tolist())
     record = outs[True][0]["refit"]
     assert outs[True][1]["refit"] == record
-    evaluated = evaluate_variant(model_path=tmp_path / "True" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "e.json",
-                                 predictions_out=tmp_path / "e.csv", settings=EvalSettings(batch_size=8, bootstrap_resamples=20))
+    evaluated = evaluate_variant(model_path=tmp_path / "True" / "model.pt", data_dir=processed_dir,
+                                 metrics_out=tmp_path / "e.json", predictions_out=tmp_path / "e.csv",
+                                 settings=EvalSettings(batch_size=8, bootstrap_resamples=20))
     assert evaluated["grading"]["refit"] == record  # the evaluation says how the model it scored was made
     backbone = [k for k in outs[False][1]["state_dict"] if not k.startswith("fc.")]
     for key in backbone:  # the refit never touches the trained backbone
@@ -122,5 +124,6 @@ def test_train_variant_refits_after_the_chosen_epoch_and_records_it(processed_di
 def test_train_variant_refuses_a_non_positive_refit_c_before_training(processed_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="refit_c"):
         train_variant("resnet18", pretrained=False, config=TrainConfig(epochs=1), data_dir=processed_dir,
-                      model_out=tmp_path / "m.pt", history_out=tmp_path / "h.tsv", summary_out=tmp_path / "s.json", refit_c=0.0)
+                      model_out=tmp_path / "m.pt", history_out=tmp_path / "h.tsv", summary_out=tmp_path / "s.json",
+                      refit_c=0.0)
     assert not (tmp_path / "m.pt").exists()

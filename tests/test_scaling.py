@@ -42,7 +42,9 @@ class Interrupted(Exception):
     """Stands in for a kill, a power cut or Ctrl-C between two epochs."""
 
 
-def _train(processed_dir: Path, out: Path, *, config: TrainConfig = CONFIG, resume: Path | None = None, on_epoch=None) -> dict:
+def _train(
+    processed_dir: Path, out: Path, *, config: TrainConfig = CONFIG, resume: Path | None = None, on_epoch=None
+) -> dict:
     return train_variant(
         "resnet18", pretrained=False, config=config, data_dir=processed_dir, start_path=None,
         model_out=out / "model.pt", history_out=out / "history.tsv", summary_out=out / "summary.json",
@@ -62,7 +64,9 @@ def uninterrupted(processed_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
-def test_run_killed_after_one_epoch_resumes_to_the_same_model_and_metrics(processed_dir: Path, uninterrupted: Path, tmp_path: Path) -> None:
+def test_run_killed_after_one_epoch_resumes_to_the_same_model_and_metrics(
+    processed_dir: Path, uninterrupted: Path, tmp_path: Path
+) -> None:
     checkpoint = tmp_path / "checkpoints" / "variant.pt"
     with pytest.raises(Interrupted):
         _train(processed_dir, tmp_path, resume=checkpoint, on_epoch=_stop_after_first_epoch)
@@ -74,8 +78,12 @@ def test_run_killed_after_one_epoch_resumes_to_the_same_model_and_metrics(proces
     summary = _train(processed_dir, tmp_path, resume=checkpoint, on_epoch=lambda epoch, row: epochs_run.append(epoch))
     assert epochs_run == [2, 3]
     assert not checkpoint.exists()
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "history.tsv", sep="\t"), pd.read_csv(uninterrupted / "history.tsv", sep="\t"))
-    resumed, whole = torch.load(tmp_path / "model.pt", weights_only=True), torch.load(uninterrupted / "model.pt", weights_only=True)
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "history.tsv", sep="\t"), pd.read_csv(uninterrupted / "history.tsv", sep="\t")
+    )
+    resumed, whole = (
+        torch.load(tmp_path / "model.pt", weights_only=True), torch.load(uninterrupted / "model.pt", weights_only=True)
+    )
     assert resumed["best_epoch"] == whole["best_epoch"] == summary["best_epoch"]
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(resumed["state_dict"][name], tensor), name
@@ -87,7 +95,8 @@ def test_changed_params_ignore_the_old_snapshot_and_start_afresh(processed_dir: 
         _train(processed_dir, tmp_path, resume=checkpoint, on_epoch=_stop_after_first_epoch)
     epochs_run: list[int] = []
     changed = dataclasses.replace(CONFIG, lr=0.02, epochs=2)
-    _train(processed_dir, tmp_path, config=changed, resume=checkpoint, on_epoch=lambda epoch, row: epochs_run.append(epoch))
+    _train(processed_dir, tmp_path, config=changed, resume=checkpoint,
+           on_epoch=lambda epoch, row: epochs_run.append(epoch))
     assert epochs_run == [1, 2]
     assert not checkpoint.exists()
 
@@ -103,8 +112,10 @@ def _stage(workdir: Path, processed_dir: Path, nproc: int) -> Path:
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     # The pretrain stage's from-scratch start point: no weights, the training set's statistics.
     stats = json.loads((processed_dir / "stats.json").read_text())
-    write_start_point(workdir / "models" / "start" / "resnet18-false", arch="resnet18", source="scratch", mean=stats["mean"], std=stats["std"])
-    argv = [str(ROOT / "stages" / "train.py"), "--arch", "resnet18", "--pretrained", "false", "--seed", "42", "--data", str(processed_dir)]
+    write_start_point(workdir / "models" / "start" / "resnet18-false", arch="resnet18", source="scratch",
+                      mean=stats["mean"], std=stats["std"])
+    argv = [str(ROOT / "stages" / "train.py"), "--arch", "resnet18", "--pretrained", "false", "--seed", "42",
+            "--data", str(processed_dir)]
     done = subprocess.run([sys.executable, *argv], cwd=workdir, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return workdir
@@ -113,15 +124,18 @@ def _stage(workdir: Path, processed_dir: Path, nproc: int) -> Path:
 def test_two_torchrun_processes_on_cpu_write_one_model_and_its_metrics(processed_dir: Path, tmp_path: Path) -> None:
     double = _stage(tmp_path / "double", processed_dir, 2)
     written = sorted(p.relative_to(double).as_posix() for p in double.rglob("*") if p.is_file())
-    assert written == ["metrics/train/resnet18-false-42.json", "metrics/train/resnet18-false-42.tsv", "models/resnet18-false-42.pt",
-                       "models/start/resnet18-false/start.json", "params.yaml"]
+    assert written == ["metrics/train/resnet18-false-42.json", "metrics/train/resnet18-false-42.tsv",
+                       "models/resnet18-false-42.pt", "models/start/resnet18-false/start.json", "params.yaml"]
     assert not (double / "checkpoints").exists()  # the resume snapshot goes once the run is complete
     checkpoint = torch.load(double / "models" / "resnet18-false-42.pt", weights_only=True)
-    build_model("resnet18", num_classes=5).load_state_dict(checkpoint["state_dict"], strict=True)  # no "module." prefixes
+    # no "module." prefixes
+    build_model("resnet18", num_classes=5).load_state_dict(checkpoint["state_dict"], strict=True)
     summary = json.loads((double / "metrics" / "train" / "resnet18-false-42.json").read_text())
     assert summary["processes"] == 2 and summary["device"] == "cpu" and summary["precision"] == "fp32"
     history = pd.read_csv(double / "metrics" / "train" / "resnet18-false-42.tsv", sep="\t")
-    assert history["epoch"].tolist() == [1] and {"train_loss", "val_loss", "val_acc", "val_kappa"} <= set(history.columns)
+    assert (
+        history["epoch"].tolist() == [1] and {"train_loss", "val_loss", "val_acc", "val_kappa"} <= set(history.columns)
+    )
     assert np.isfinite(history[["train_loss", "val_loss"]].to_numpy()).all() and history["val_acc"].between(0, 1).all()
 
 
@@ -153,14 +167,15 @@ def _shard(rank: int) -> list[int]:
 
 
 def _ddp_step_worker(out: Path) -> None:
-    """One torchrun worker: the training loop's own DDP step on this process's half-batch; writes gradients and weights."""
+    """One torchrun worker: the training loop's own DDP step on this process's half-batch; writes gradients and
+    weights."""
     world, device = init_distributed(torch.device("cpu"))
     try:
         model, optimizer, schedule, criterion = _step_setup()
         raw, net = prepare_model(model, device, world=world)
         data = _step_data()
-        loader = make_loader(data, batch_size=STEP_BATCH // world.world_size, train=True, num_workers=0, generator=None, device=device,
-                             sampler=distributed_sampler(data, world, seed=STEP_SEED))
+        loader = make_loader(data, batch_size=STEP_BATCH // world.world_size, train=True, num_workers=0, generator=None,
+                             device=device, sampler=distributed_sampler(data, world, seed=STEP_SEED))
         loader.sampler.set_epoch(1)
         assert list(loader.sampler) == _shard(world.rank) and len(loader) == 1
         stats = train_one_epoch(net, loader, optimizer, schedule, criterion, device, world=world, precision="fp32")
@@ -171,7 +186,8 @@ def _ddp_step_worker(out: Path) -> None:
 
 
 def _reference_step(shards: list[list[int]]) -> tuple[float, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """One step in this process whose gradient is the mean of one backward pass per shard, BatchNorm in training mode."""
+    """One step in this process whose gradient is the mean of one backward pass per shard, BatchNorm in training
+    mode."""
     model, optimizer, schedule, criterion = _step_setup()
     images, labels = _step_data().tensors
     model.train()
@@ -233,7 +249,9 @@ def test_one_ddp_step_of_two_cpu_processes_equals_the_mean_of_their_half_batch_g
         torch.set_num_threads(threads)
     assert ranks[0]["loss"] == pytest.approx(loss, rel=FP32_TOLERANCE)
     assert _worst_relative_error(ranks[0]["grads"], grads) < FP32_TOLERANCE
-    assert _worst_relative_error({k: ranks[0]["state"][k] for k in parameters}, {k: state[k] for k in parameters}) < FP32_TOLERANCE
+    assert _worst_relative_error(
+        {k: ranks[0]["state"][k] for k in parameters}, {k: state[k] for k in parameters}
+    ) < FP32_TOLERANCE
     assert _worst_relative_error(full_batch_grads, grads) > 100 * FP32_TOLERANCE
 
 

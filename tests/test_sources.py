@@ -44,7 +44,8 @@ def _photo(width: int, height: int, share: float) -> Image.Image:
 
 
 def make_layout(root: Path, layout: str, *, bad: bool = False) -> dict[str, str]:
-    """Write a 12-image fake set in ``layout`` under ``root``; with ``bad``, one corrupt, one missing and one unlisted image.
+    """Write a 12-image fake set in ``layout`` under ``root``; with ``bad``, one corrupt, one missing and one
+    unlisted image.
 
     Returns:
         Names of the bad files by kind (``corrupt``, ``missing``, ``unlisted``), empty without ``bad``.
@@ -103,10 +104,12 @@ def test_header_layouts_are_read_as_one_labelled_pool_with_every_row(tmp_path: P
 def test_splits_keep_patients_together_and_hold_out_test_only_where_none_is_given(tmp_path: Path, layout: str) -> None:
     make_layout(tmp_path / "raw", layout)
     counts = _build(tmp_path / "raw", layout, tmp_path)
-    frames = {split: pd.read_csv(tmp_path / "processed" / f"{split}.csv", dtype={"image": str}) for split in ("train", "val", "test")}
+    frames = {split: pd.read_csv(tmp_path / "processed" / f"{split}.csv", dtype={"image": str})
+              for split in ("train", "val", "test")}
     assert sum(counts.values()) == 12 and all(len(f) > 0 for f in frames.values())
     patients = {split: set(f["image"].map(patient_of)) for split, f in frames.items()}
-    assert not patients["train"] & patients["val"] and not patients["train"] & patients["test"] and not patients["val"] & patients["test"]
+    assert (not patients["train"] & patients["val"] and not patients["train"] & patients["test"]
+            and not patients["val"] & patients["test"])
     if layout == "course":  # the given test split is kept as it is
         assert frames["test"]["image"].tolist() == _names(layout)[8:]
     again = tmp_path / "again"
@@ -136,9 +139,12 @@ def test_skip_leaves_bad_images_out_and_reports_them(tmp_path: Path, layout: str
     assert sum(counts.values()) == 10
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["bad_image_count"] == 2 and report["images_processed"] == 10
-    assert {(b["image"], b["kind"]) for b in report["bad_images"]} == {(bad["corrupt"], "unreadable"), (bad["missing"], "missing")}
+    assert {(b["image"], b["kind"]) for b in report["bad_images"]} == {
+        (bad["corrupt"], "unreadable"), (bad["missing"], "missing"),
+    }
     assert report["unlisted_file_count"] == 1 and Path(report["unlisted_files"][0]).stem == bad["unlisted"]
-    kept = pd.concat([pd.read_csv(tmp_path / "processed" / f"{s}.csv", dtype={"image": str}) for s in ("train", "val", "test")])
+    kept = pd.concat([pd.read_csv(tmp_path / "processed" / f"{s}.csv", dtype={"image": str})
+                      for s in ("train", "val", "test")])
     assert not set(kept["image"]) & {bad["corrupt"], bad["missing"]}
     assert len(list((tmp_path / "processed").glob("*/*.png"))) == 10
 
@@ -195,7 +201,8 @@ def _stage_params(tmp_path: Path, **data: object) -> Path:
 def test_preprocess_stage_runs_on_a_course_copy_inside_the_project(tmp_path: Path) -> None:
     make_layout(tmp_path / "datasets" / "course", "course")
     params = _stage_params(tmp_path, source="course", root="datasets/course")
-    done = subprocess.run([sys.executable, str(ROOT / "stages" / "preprocess.py"), "--params", str(params)], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(ROOT / "stages" / "preprocess.py"), "--params", str(params)],
+                          cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "metrics" / "preprocess_report.json").read_text())
     assert report["splits"] == {"train": 6, "val": 2, "test": 4} and report["bad_image_count"] == 0
@@ -204,7 +211,8 @@ def test_preprocess_stage_runs_on_a_course_copy_inside_the_project(tmp_path: Pat
 
 
 def _run(args: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1"}
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{' '.join(args)}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
     return done.stdout + done.stderr
@@ -217,7 +225,8 @@ def test_dvc_tracks_a_data_root_outside_the_repository(tmp_path: Path) -> None:
     repo.mkdir()
     for name in ("dvc.yaml", "stages", "src"):
         src = ROOT / name
-        (shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")) if src.is_dir() else shutil.copy(src, repo / name))
+        (shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+         if src.is_dir() else shutil.copy(src, repo / name))
     shutil.copy(_stage_params(tmp_path, source="kaggle", root=str(data)), repo / "params.yaml")
     _run(["git", "init", "-q"], repo)
     _run(["dvc", "init", "-q"], repo)
@@ -242,7 +251,9 @@ def _leaky_course(root: Path) -> None:
     (root / "unlabeled_img.csv").write_text(f"{names[11]}\n21_left\n")
 
 
-def test_leaking_course_split_is_kept_by_default_and_its_patients_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_leaking_course_split_is_kept_by_default_and_its_patients_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _leaky_course(tmp_path / "raw")
     _build(tmp_path / "raw", "course", tmp_path)
     leaks = json.loads((tmp_path / "report.json").read_text())["split_leaks"]
@@ -291,7 +302,8 @@ def test_the_pool_never_holds_an_eye_of_a_validation_patient(tmp_path: Path) -> 
     (root / "test_label.csv").write_text("0\n1\n4\n2\n")
     (root / "unlabeled_img.csv").write_text("".join(f"{p}_right\n" for p in train_patients))
     _build(root, "course", tmp_path)
-    frames = {split: pd.read_csv(tmp_path / "processed" / f"{split}.csv", dtype={"image": str}) for split in ("train", "val", "unlabeled")}
+    frames = {split: pd.read_csv(tmp_path / "processed" / f"{split}.csv", dtype={"image": str})
+              for split in ("train", "val", "unlabeled")}
     val_patients = set(frames["val"]["image"].map(patient_of))
     assert len(val_patients) == 1  # 0.25 of 4 patients
     assert set(frames["unlabeled"]["image"]) == {f"{p}_right" for p in train_patients if p not in val_patients}

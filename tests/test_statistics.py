@@ -198,7 +198,10 @@ def test_paired_difference_is_reproducible_from_its_seed() -> None:
     rng = np.random.default_rng(9)
     y_true, a = graded_pairs(rng.random(40) < 0.8)
     _, b = graded_pairs(rng.random(40) < 0.7)
-    run = lambda seed: paired_difference(fast_accuracy, y_true, [a], [b], two_eyes(40), n_resamples=200, seed=seed)
+
+    def run(seed: int) -> dict:
+        return paired_difference(fast_accuracy, y_true, [a], [b], two_eyes(40), n_resamples=200, seed=seed)
+
     assert run(0) == run(0)
     assert (run(0)["low"], run(0)["high"]) != (run(1)["low"], run(1)["high"])
 

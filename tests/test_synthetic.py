@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 from pathlib import Path
 
+import numpy as np
+import pytest
 from PIL import Image
 
 from retinopathy.embedded import SyntheticSpec, write_synthetic_set
@@ -152,7 +151,9 @@ def test_camera_fixes_the_nuisance_factors_but_not_the_anatomy() -> None:
     b = np.asarray(render_fundus(0, np.random.default_rng(2), size=96, eye="right", camera=camera))
     assert a.shape == b.shape  # framing comes from the camera
     assert not np.array_equal(a, b)  # the eyes differ
-    other = np.asarray(render_fundus(0, np.random.default_rng(1), size=96, camera=draw_camera(np.random.default_rng(10))))
+    other = np.asarray(
+        render_fundus(0, np.random.default_rng(1), size=96, camera=draw_camera(np.random.default_rng(10)))
+    )
     assert not np.array_equal(a, other)
 
 

@@ -75,7 +75,8 @@ def test_cosine_schedule_decays_to_zero_and_step_schedule_drops_tenfold() -> Non
 
 def _train(processed_dir: Path, out: Path, pretrained: bool = False) -> tuple[dict, pd.DataFrame]:
     summary = train_variant(
-        "resnet18", pretrained=pretrained, config=TINY, data_dir=processed_dir, start_path=out / "none" if pretrained else None,
+        "resnet18", pretrained=pretrained, config=TINY, data_dir=processed_dir,
+        start_path=out / "none" if pretrained else None,
         model_out=out / "model.pt", history_out=out / "history.tsv", summary_out=out / "summary.json",
     )
     return summary, pd.read_csv(out / "history.tsv", sep="\t")
@@ -86,20 +87,28 @@ def test_two_runs_with_the_same_params_give_the_same_metrics(processed_dir: Path
     second, h2 = _train(processed_dir, tmp_path / "b")
     pd.testing.assert_frame_equal(h1, h2)
     assert first["best_epoch"] == second["best_epoch"]
-    m1 = evaluate_variant(model_path=tmp_path / "a" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "a.json", predictions_out=tmp_path / "a.csv", settings=EVAL)
-    m2 = evaluate_variant(model_path=tmp_path / "b" / "model.pt", data_dir=processed_dir, metrics_out=tmp_path / "b.json", predictions_out=tmp_path / "b.csv", settings=EVAL)
+    m1 = evaluate_variant(model_path=tmp_path / "a" / "model.pt", data_dir=processed_dir,
+                          metrics_out=tmp_path / "a.json", predictions_out=tmp_path / "a.csv", settings=EVAL)
+    m2 = evaluate_variant(model_path=tmp_path / "b" / "model.pt", data_dir=processed_dir,
+                          metrics_out=tmp_path / "b.json", predictions_out=tmp_path / "b.csv", settings=EVAL)
     # Everything but the wall time each evaluation records for itself.
     assert m1.pop("seconds") > 0 and m2.pop("seconds") > 0
     assert m1 == m2
     predictions = pd.read_csv(tmp_path / "a.csv")
-    assert list(predictions.columns) == ["image", "patient", "actual", "predicted", "p0", "p1", "p2", "p3", "p4", "p_referable"]
+    assert list(predictions.columns) == [
+        "image", "patient", "actual", "predicted", "p0", "p1", "p2", "p3", "p4", "p_referable",
+    ]
     assert np.allclose(predictions[[f"p{g}" for g in range(5)]].sum(axis=1), 1.0, atol=1e-3)
 
 
-def test_history_has_train_val_test_per_epoch_and_best_epoch_is_chosen_on_validation(processed_dir: Path, tmp_path: Path) -> None:
+def test_history_has_train_val_test_per_epoch_and_best_epoch_is_chosen_on_validation(
+    processed_dir: Path, tmp_path: Path
+) -> None:
     summary, history = _train(processed_dir, tmp_path)
     assert history["epoch"].tolist() == [1, 2]
-    assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_kappa", "test_loss", "test_acc"} <= set(history.columns)
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_kappa", "test_loss", "test_acc"} <= set(
+        history.columns
+    )
     best = history.loc[history["val_kappa"].idxmax()]
     assert summary["best_epoch"] == int(best["epoch"])
     saved = json.loads((tmp_path / "summary.json").read_text())

@@ -70,7 +70,8 @@ def components(
         for decode in decodes:
             for blended in (False, True):
                 decoder = Decoder(head=head, decode=decode)
-                row: dict[str, Any] = {"tta": tta, "decode": "cut-points" if head == "regression" else decode, "patient_blend": blended}
+                row: dict[str, Any] = {"tta": tta, "decode": "cut-points" if head == "regression" else decode,
+                                       "patient_blend": blended}
                 if blended and blend is None:
                     rows.append({**row, "error": blend_error})
                     continue
@@ -79,7 +80,8 @@ def components(
                     folds = _patient_folds(val[tta], seed)
                     val_preds = np.empty(len(val[tta].labels), dtype=np.int64)
                     for fit_idx, score_idx in (folds, folds[::-1]):
-                        val_preds[score_idx] = grade_with(decoder, val[tta].take(fit_idx), val[tta].take(score_idx), blend=use)[0]
+                        val_preds[score_idx] = grade_with(decoder, val[tta].take(fit_idx), val[tta].take(score_idx),
+                                                          blend=use)[0]
                     test_preds = grade_with(decoder, val[tta], test[tta], blend=use)[0]
                 except ValueError as exc:  # e.g. a validation half too small to tune cut-points
                     rows.append({**row, "error": str(exc)})
@@ -104,14 +106,16 @@ def model_outputs(
 
 
 def model_components(
-    model_path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, device: str = "auto", precision: str = "auto",
-    batch_size: int = 64, num_workers: int = 0, seed: int = 0, blend_c: float = 0.03, class_weighting: str = "sqrt_inverse",
+    model_path: str | os.PathLike[str], data_dir: str | os.PathLike[str], *, device: str = "auto",
+    precision: str = "auto", batch_size: int = 64, num_workers: int = 0, seed: int = 0, blend_c: float = 0.03,
+    class_weighting: str = "sqrt_inverse",
 ) -> list[dict[str, Any]]:
     """:func:`components` of the model file at ``model_path``: its outputs on every split under every TTA setting."""
     dev = select_device(device)
     model, meta = load_model(model_path, dev)
     resolved, _ = resolve_precision(precision, dev)
-    splits = model_outputs(model, meta, data_dir, dev, precision=resolved, batch_size=batch_size, num_workers=num_workers)
+    splits = model_outputs(model, meta, data_dir, dev, precision=resolved, batch_size=batch_size,
+                           num_workers=num_workers)
     weights = class_weight_values(processed_dataset(data_dir, "train", None).labels, class_weighting)
     return components(meta["head"], splits["val"], splits["test"], splits["train"], seed=seed, blend_c=blend_c,
                       class_weights=weights)
@@ -185,9 +189,9 @@ def _refit(model: Any, meta: dict[str, Any], data_dir: str | os.PathLike[str], d
     """Refit ``model``'s last layer in place at ``c``, as the train stage does; None leaves it as trained."""
     if c is None:
         return {"applied": False, "reason": "the network as trained (the study's baseline)"}
-    return refit_on_training_images(model, data_dir, device, mean=meta["mean"], std=meta["std"], class_weights=class_weights,
-                                    c=c, batch_size=settings.train_batch_size, num_workers=settings.num_workers,
-                                    precision=precision)
+    return refit_on_training_images(model, data_dir, device, mean=meta["mean"], std=meta["std"],
+                                    class_weights=class_weights, c=c, batch_size=settings.train_batch_size,
+                                    num_workers=settings.num_workers, precision=precision)
 
 
 def grade_network(
@@ -214,7 +218,8 @@ def grade_network(
     for c in axes.refits:
         model, meta = load_model(model_path, dev)  # afresh for each refit: the refit replaces fc in place
         if meta["head"] != "classification":
-            raise ValueError(f"{model_path} has a {meta['head']} head; the grading study refits and grades a classification head")
+            raise ValueError(f"{model_path} has a {meta['head']} head; the grading study refits and grades a "
+                             "classification head")
         refit = setting_label(c)
         record["refits"].append({"refit": refit, **_refit(model, meta, data_dir, dev, c, class_weights=weights,
                                                            settings=settings, precision=precision)})
@@ -223,7 +228,8 @@ def grade_network(
         rows = components("classification", splits["val"], splits["test"], splits["train"], seed=settings.folds_seed,
                           blend_c=settings.blend_c, class_weights=weights)
         record["components"] += [{"refit": refit, **row} for row in rows]
-        for entry, frame in blend_arms(refit, {split: splits[split]["none"] for split in splits}, axes.blend_cs, weights):
+        for entry, frame in blend_arms(refit, {split: splits[split]["none"] for split in splits}, axes.blend_cs,
+                                       weights):
             record["arms"].append(entry)
             if frame is not None:
                 predictions[arm_name(entry["refit"], entry["blend"])] = frame

@@ -1,4 +1,5 @@
-"""The ``retinopathy`` command: argument parsing only; the work is in :mod:`retinopathy.grading` and :mod:`retinopathy.export`.
+"""The ``retinopathy`` command: argument parsing only; the work is in :mod:`retinopathy.grading` and
+:mod:`retinopathy.export`.
 
 Exit status: 0 when everything was done, 1 when some photographs could not be graded (named on stderr),
 2 on a usage error (bad flag, missing model file, a file that is not a retinopathy model, a device this
@@ -90,28 +91,35 @@ example:
 def build_parser() -> argparse.ArgumentParser:
     """The ``retinopathy`` parser with its ``predict`` and ``export`` subcommands."""
     parser = argparse.ArgumentParser(
-        prog="retinopathy", description="Grade diabetic retinopathy (0-4) in colour fundus photographs with a trained model.",
+        prog="retinopathy",
+        description="Grade diabetic retinopathy (0-4) in colour fundus photographs with a trained model.",
         epilog=MAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     predict = commands.add_parser(
-        "predict", help="grade photographs, write a CSV (and Grad-CAM heatmaps)", description="Grade photographs with a trained model.",
+        "predict", help="grade photographs, write a CSV (and Grad-CAM heatmaps)",
+        description="Grade photographs with a trained model.",
         epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     predict.add_argument("model", metavar="MODEL", help="a trained model, e.g. models/resnet18-true-42.pt")
     predict.add_argument("inputs", metavar="INPUT", nargs="+", help="image files, folders and CSV lists")
-    predict.add_argument("--out", default="grades.csv", help="CSV to write; never an input, the model or a folder (default: %(default)s)")
-    predict.add_argument("--heatmaps", metavar="DIR", help="write one PNG per photograph: Grad-CAM of the predicted grade over the photograph "
+    predict.add_argument("--out", default="grades.csv",
+                         help="CSV to write; never an input, the model or a folder (default: %(default)s)")
+    predict.add_argument("--heatmaps", metavar="DIR",
+                         help="write one PNG per photograph: Grad-CAM of the predicted grade over the photograph "
                          "(a new or existing folder apart from the inputs)")
-    predict.add_argument("--batch-size", type=int, default=32, help="photographs per forward pass (default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=32,
+                         help="photographs per forward pass (default: %(default)s)")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                          help="auto: CUDA when present; cuda without one is a usage error (default: %(default)s)")
     export = commands.add_parser(
-        "export", help="export a model to ONNX (probabilities out), verified with onnxruntime", description="Export a trained model to ONNX.",
+        "export", help="export a model to ONNX (probabilities out), verified with onnxruntime",
+        description="Export a trained model to ONNX.",
         epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     export.add_argument("model", metavar="MODEL", help="a trained model, e.g. models/resnet18-true-42.pt")
-    export.add_argument("--onnx", required=True, metavar="OUT.onnx", help="the ONNX file to write; OUT.json goes next to it")
+    export.add_argument("--onnx", required=True, metavar="OUT.onnx",
+                        help="the ONNX file to write; OUT.json goes next to it")
     return parser
 
 
@@ -135,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:  # not a retinopathy model, a bad --batch-size, a missing device, a refused output path
         print(f"retinopathy {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (IsADirectoryError, NotADirectoryError) as exc:  # an output path that became a folder (or a file) while running
+    except (IsADirectoryError, NotADirectoryError) as exc:  # an output path that became a folder (or a file)
+        # while running
         print(f"retinopathy {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -145,9 +154,11 @@ def _predict(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
-    grading = grade_photographs(args.model, args.inputs, out=args.out, heatmaps=args.heatmaps, batch_size=args.batch_size, device=args.device)
+    grading = grade_photographs(args.model, args.inputs, out=args.out, heatmaps=args.heatmaps,
+                                batch_size=args.batch_size, device=args.device)
     print(summary_table(grading))
-    print(f"wrote {args.out}" + (f" and {len(grading.heatmaps)} heatmap(s) in {args.heatmaps}" if args.heatmaps else ""))
+    print(f"wrote {args.out}"
+          + (f" and {len(grading.heatmaps)} heatmap(s) in {args.heatmaps}" if args.heatmaps else ""))
     return EXIT_SOME_FAILED if grading.failures else EXIT_OK
 
 
@@ -156,7 +167,8 @@ def _export(args: argparse.Namespace) -> int:
 
     sidecar = export_onnx(args.model, args.onnx)
     check = sidecar["onnx"]
-    print(f"wrote {args.onnx} and {Path(args.onnx).with_suffix('.json')}; onnxruntime vs PyTorch on a batch of {check['checked_batch']}: "
+    print(f"wrote {args.onnx} and {Path(args.onnx).with_suffix('.json')}; onnxruntime vs PyTorch on a batch of "
+          f"{check['checked_batch']}: "
           f"max abs difference of probabilities {check['max_abs_difference']:.2e}")
     return EXIT_OK
 

@@ -27,7 +27,9 @@ METRICS: dict[str, tuple[Callable[..., float], bool]] = {
     "referable_auc": (roc_auc, False),
 }
 # Short names for the one metrics file `dvc exp show` reads, so its table stays narrow.
-SHORT = {"resnet18-true": "r18_pre", "resnet18-false": "r18_scr", "resnet50-true": "r50_pre", "resnet50-false": "r50_scr"}
+SHORT = {
+    "resnet18-true": "r18_pre", "resnet18-false": "r18_scr", "resnet50-true": "r50_pre", "resnet50-false": "r50_scr",
+}
 SHORT_METRICS = {"accuracy": "acc", "kappa": "qwk", "macro_f1": "f1", "referable_auc": "auc"}
 
 
@@ -75,10 +77,12 @@ def headline(table: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def _questions(archs: tuple[str, ...]) -> list[tuple[str, str, str]]:
     """(question, first variant, second variant): the difference is first minus second."""
-    out = [(f"Does pretraining help {ARCH_LABELS[a]}?", variant_name(a, "true"), variant_name(a, "false")) for a in archs]
+    out = [(f"Does pretraining help {ARCH_LABELS[a]}?", variant_name(a, "true"), variant_name(a, "false"))
+           for a in archs]
     if len(archs) == 2:
         for pretrained in PRETRAINED:
-            out.append((f"ResNet50 or ResNet18, {LABELS[pretrained]}?", variant_name(archs[1], pretrained), variant_name(archs[0], pretrained)))
+            out.append((f"ResNet50 or ResNet18, {LABELS[pretrained]}?", variant_name(archs[1], pretrained),
+                        variant_name(archs[0], pretrained)))
     return out
 
 
@@ -98,6 +102,7 @@ def compare(runs: dict[str, list[Run]], settings: CompareSettings, archs: tuple[
     return {
         "variants": per_variant(runs),
         "comparisons": comparisons,
-        "settings": {"resamples": settings.bootstrap_resamples, "confidence": settings.confidence, "seed": settings.bootstrap_seed,
-                     "test_images": int(len(patients)), "test_patients": int(len(set(patients)))},
+        "settings": {"resamples": settings.bootstrap_resamples, "confidence": settings.confidence,
+                     "seed": settings.bootstrap_seed, "test_images": int(len(patients)),
+                     "test_patients": int(len(set(patients)))},
     }

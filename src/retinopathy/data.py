@@ -61,12 +61,14 @@ def table_problems(frame: pd.DataFrame, source: str, *, first_row: int = 1, labe
     names = frame["image"].fillna("").astype(str)
     empty = names == ""
     if empty.any():
-        problems.append(f"{source}: {int(empty.sum())} row(s) without an image name:{listing([f'row {i + first}' for i in np.flatnonzero(empty)])}")
+        problems.append(f"{source}: {int(empty.sum())} row(s) without an image name:"
+                        f"{listing([f'row {i + first}' for i in np.flatnonzero(empty)])}")
     # A name must stay inside the image folder (and the processed set's folder, which mirrors it).
     escaping = names.map(lambda n: n.startswith(("/", "\\")) or ".." in n.replace("\\", "/").split("/")) & ~empty
     if escaping.any():
         rows = [f"row {i + first}: {names.iat[i]!r}" for i in np.flatnonzero(escaping)]
-        problems.append(f"{source}: {len(rows)} image name(s) leave the image folder (absolute, or with '..'):{listing(rows)}")
+        problems.append(f"{source}: {len(rows)} image name(s) leave the image folder (absolute, or with '..'):"
+                        f"{listing(rows)}")
     dup = names.duplicated(keep=False) & ~empty
     if dup.any():
         where = pd.Series(np.flatnonzero(dup) + first, index=names[dup].to_numpy()).groupby(level=0).agg(list)
@@ -80,7 +82,8 @@ def _label_problems(frame: pd.DataFrame, source: str, first: int) -> list[str]:
     numeric = pd.to_numeric(frame["level"], errors="coerce")
     bad = numeric.isna() | ~numeric.isin(range(NUM_CLASSES))
     if bad.any():
-        rows = [f"row {i + first}: {frame['image'].iat[i]!r} has label {frame['level'].iat[i]!r}" for i in np.flatnonzero(bad)]
+        rows = [f"row {i + first}: {frame['image'].iat[i]!r} has label {frame['level'].iat[i]!r}"
+                for i in np.flatnonzero(bad)]
         hint = ""
         if first == 1 and bad.iat[0] and not str(frame["level"].iat[0]).strip().lstrip("-").isdigit():
             hint = " (row 1 looks like a header, but this layout's CSVs have none)"
@@ -179,7 +182,8 @@ def check_label_fraction(fraction: float) -> float:
     """``data.label_fraction`` itself, or a ValueError naming the key when it is not in (0, 1]."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
         raise ValueError(
-            f"data.label_fraction must be in (0, 1] (the share of training patients that keep their labels), got {fraction!r}"
+            "data.label_fraction must be in (0, 1] (the share of training patients that keep their labels), "
+            f"got {fraction!r}"
         )
     return float(fraction)
 
@@ -215,7 +219,8 @@ def keep_labelled_fraction(frame: pd.DataFrame, *, fraction: float, seed: int) -
     keep = math.floor(fraction * len(grades) + 0.5)
     if keep == 0:
         raise ValueError(
-            f"data.label_fraction {fraction:g} keeps no training patient ({fraction:g} x {len(grades)} patients rounds to 0); "
+            f"data.label_fraction {fraction:g} keeps no training patient "
+            f"({fraction:g} x {len(grades)} patients rounds to 0); "
             f"use at least {0.5 / max(len(grades), 1):.4g}"
         )
     shuffled = grades.iloc[np.random.default_rng(seed).permutation(len(grades))]
@@ -280,7 +285,8 @@ class _RandomRotation:
 
     def __call__(self, image: Image.Image) -> Image.Image:
         angle = float(torch.empty(1).uniform_(-self.degrees, self.degrees).item())
-        return image.rotate(angle, Image.Resampling.NEAREST, expand=False, center=None, fillcolor=(0,) * len(image.getbands()))
+        return image.rotate(angle, Image.Resampling.NEAREST, expand=False, center=None,
+                            fillcolor=(0,) * len(image.getbands()))
 
 
 class _ToNormalizedTensor:
@@ -312,7 +318,8 @@ class _Compose:
 
 
 def build_transform(
-    *, mean: Sequence[float], std: Sequence[float], train: bool, hflip: bool = True, vflip: bool = True, rotation: float = 0.0
+    *, mean: Sequence[float], std: Sequence[float], train: bool, hflip: bool = True, vflip: bool = True,
+    rotation: float = 0.0,
 ) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> normalised tensor; random flips and rotation only when ``train``.
 
@@ -334,7 +341,8 @@ def build_transform(
 
 
 def load_rgb(path: Path) -> Image.Image:
-    """Open an image upright as 8-bit RGB (see :func:`retinopathy.images.open_rgb`), naming the file when it is missing or unreadable."""
+    """Open an image upright as 8-bit RGB (see :func:`retinopathy.images.open_rgb`), naming the file when it is
+    missing or unreadable."""
     return open_rgb(path)[0]
 
 
@@ -386,7 +394,8 @@ class FundusDataset(Dataset):
 
 
 def processed_dataset(
-    data_dir: str | os.PathLike[str], split: str, transform: Callable[[Image.Image], torch.Tensor] | None, *, labelled: bool = True
+    data_dir: str | os.PathLike[str], split: str, transform: Callable[[Image.Image], torch.Tensor] | None, *,
+    labelled: bool = True,
 ) -> FundusDataset:
     """A split of the preprocess stage's output (``<data_dir>/<split>.csv`` and ``<data_dir>/<split>/``)."""
     data_dir = Path(data_dir)

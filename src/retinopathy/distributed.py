@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
+
 @dataclass(frozen=True)
 class Distributed:
     """Where this process sits in a torchrun job; the defaults describe a process running alone."""
@@ -51,7 +52,8 @@ def torchrun_command(nproc: int, script: str | os.PathLike[str], args: Sequence[
     ``--standalone`` picks a free local port, so several such runs (``dvc queue start -j N``) can
     share a machine. Multi-node runs call torchrun themselves with ``--nnodes`` and ``--rdzv-*``.
     """
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script), *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(script),
+            *args]
 
 
 def _stop_with_launcher() -> None:
@@ -80,7 +82,8 @@ def init_distributed(device: torch.device) -> tuple[Distributed, torch.device]:
     if device.type == "cuda":
         if world.local_rank >= torch.cuda.device_count():
             raise RuntimeError(
-                f"process {world.local_rank} of this machine needs its own GPU, but torch sees {torch.cuda.device_count()}: "
+                f"process {world.local_rank} of this machine needs its own GPU, but torch sees "
+                f"{torch.cuda.device_count()}: "
                 "lower nproc (or torchrun's --nproc_per_node) to the number of GPUs"
             )
         device = torch.device("cuda", world.local_rank)

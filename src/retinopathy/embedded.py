@@ -63,7 +63,8 @@ def write_synthetic_set(root: str | os.PathLike[str], spec: SyntheticSpec, *, wo
     rng = np.random.default_rng(spec.seed)
     rows = []
     patient = 1
-    for split, n_patients in (("train", spec.train_patients), ("test", spec.test_patients), ("unlabeled", spec.unlabeled_patients)):
+    for split, n_patients in (("train", spec.train_patients), ("test", spec.test_patients),
+                              ("unlabeled", spec.unlabeled_patients)):
         # The pool keeps the EyePACS mix and the eye pairing too, unseen labels and all, as a real pool would.
         grades = pair_grades(n_patients, rng, agreement=spec.eye_agreement)
         for k in range(n_patients):

@@ -106,10 +106,12 @@ def split_outputs(
     """A loaded model's outputs on one processed split (un-augmented), per TTA setting."""
     transform = build_transform(mean=meta["mean"], std=meta["std"], train=False)
     dataset = processed_dataset(data_dir, split, transform)
-    loader = make_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers, generator=None, device=device)
+    loader = make_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers, generator=None,
+                         device=device)
     out = {}
     for tta in ttas:
-        raw, labels = predict(model, loader, device, precision=precision, desc=f"{split} (tta {tta})", head=meta["head"], tta=tta)
+        raw, labels = predict(model, loader, device, precision=precision, desc=f"{split} (tta {tta})",
+                              head=meta["head"], tta=tta)
         out[tta] = Split(list(dataset.names), raw, labels)
     return out
 
@@ -120,7 +122,8 @@ def fit_blend(head: str, train: Split, *, c: float, class_weights: np.ndarray | 
 
 
 def screening(
-    val_labels: np.ndarray, val_probs: np.ndarray, test_labels: np.ndarray, test_probs: np.ndarray, patients: np.ndarray,
+    val_labels: np.ndarray, val_probs: np.ndarray, test_labels: np.ndarray, test_probs: np.ndarray,
+    patients: np.ndarray,
     settings: EvalSettings, *, from_grade: int = 2,
 ) -> dict[str, Any]:
     """ROC AUC of P(grade >= from_grade) on test, and sensitivity/specificity at two operating points
@@ -137,7 +140,8 @@ def screening(
     y_val, s_val = referable(val_labels, from_grade=from_grade), referable_score(val_probs, from_grade=from_grade)
     y_test, s_test = referable(test_labels, from_grade=from_grade), referable_score(test_probs, from_grade=from_grade)
     out: dict[str, Any] = {
-        "definition": f"grade >= {from_grade}, scored by P(grade >= {from_grade}) = " + " + ".join(f"p{g}" for g in GRADES if g >= from_grade),
+        "definition": f"grade >= {from_grade}, scored by P(grade >= {from_grade}) = "
+        + " + ".join(f"p{g}" for g in GRADES if g >= from_grade),
         "test_positives": int(y_test.sum()),
         "test_negatives": int((1 - y_test).sum()),
         "auc": patient_bootstrap(roc_auc, [y_test, s_test], patients, **boot).to_dict(),
@@ -175,7 +179,8 @@ def _configured_grading(
     The checkpoint's cut-points were tuned on validation outputs without TTA; under TTA they are tuned again,
     on validation outputs with it, with the training run's seed (as the train stage tuned them).
     """
-    chosen = decoder if settings.tta == "none" else Decoder(decoder.head, decoder.decode).fitted(val.labels, val.raw, seed=seed)
+    chosen = (decoder if settings.tta == "none"
+              else Decoder(decoder.head, decoder.decode).fitted(val.labels, val.raw, seed=seed))
     preds, probs, fitted = chosen.grades(test.raw), chosen.probabilities(test.raw), {"decoder": chosen.to_dict()}
     val_probs = chosen.probabilities(val.raw)
     if train is not None:
@@ -230,18 +235,20 @@ def evaluate_variant(
     resolved, _ = resolve_precision(precision, dev)
     # Only what the configured grading reads: training outputs for the blend alone, one TTA setting.
     needed = ("train", "val", "test") if settings.patient_blend else ("val", "test")
-    splits = {split: split_outputs(model, meta, data_dir, split, dev, batch_size=settings.batch_size, num_workers=num_workers,
-                                   precision=resolved, ttas=(settings.tta,))[settings.tta] for split in needed}
+    splits = {split: split_outputs(model, meta, data_dir, split, dev, batch_size=settings.batch_size,
+                                   num_workers=num_workers, precision=resolved, ttas=(settings.tta,))[settings.tta]
+              for split in needed}
     val, test = splits["val"], splits["test"]
     class_weights = class_weight_values(processed_dataset(data_dir, "train", None).labels, class_weighting)
     seed = int(meta.get("config", {}).get("seed", 0))
-    preds, probs, val_probs, fitted = _configured_grading(decoder, val, test, splits.get("train"), settings, class_weights,
-                                                          seed=seed)
+    preds, probs, val_probs, fitted = _configured_grading(decoder, val, test, splits.get("train"), settings,
+                                                          class_weights, seed=seed)
     names, labels, val_labels = test.names, test.labels, val.labels
     patients = np.asarray(test.patients)
     boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
     metrics: dict[str, Any] = summarize(labels, preds)
-    metrics["intervals"] = {name: patient_bootstrap(fn, [labels, preds], patients, **boot).to_dict() for name, fn in GRADE_METRICS.items()}
+    metrics["intervals"] = {name: patient_bootstrap(fn, [labels, preds], patients, **boot).to_dict()
+                            for name, fn in GRADE_METRICS.items()}
     counts = pd.Series(patients).value_counts()
     metrics["grading"] = {
         "head": decoder.head, "tta": settings.tta, "patient_blend": settings.patient_blend, **fitted,
@@ -252,8 +259,9 @@ def evaluate_variant(
     }
     metrics["referable"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=2)
     metrics["sight_threatening"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=3)
-    metrics["bootstrap"] = {"unit": "patient", "patients": int(len(set(patients))), "resamples": settings.bootstrap_resamples,
-                            "confidence": settings.confidence, "seed": settings.bootstrap_seed}
+    metrics["bootstrap"] = {"unit": "patient", "patients": int(len(set(patients))),
+                            "resamples": settings.bootstrap_resamples, "confidence": settings.confidence,
+                            "seed": settings.bootstrap_seed}
     metrics.update(precision=resolved, hardware=hardware(dev))
     frame = pd.DataFrame({"image": names, "patient": patients, "actual": labels, "predicted": preds})
     for grade in GRADES:

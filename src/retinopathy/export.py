@@ -25,7 +25,8 @@ OUTPUT_NAME = "probabilities"
 TOLERANCE = 1e-4
 PREPROCESSING_STEPS = [
     "decode the photograph as 8-bit RGB, upright (EXIF orientation applied)",
-    "find the circular field of view: pixels brighter than fov_threshold (grey level); its horizontal extent is the diameter",
+    ("find the circular field of view: pixels brighter than fov_threshold (grey level); its horizontal extent is "
+     "the diameter"),
     "crop the square around the circle (black padding where it leaves the frame), resize to size x size (Lanczos)",
     "if graham: 4 * (image - GaussianBlur(image, sigma = graham_sigma * size)) + 128, black outside 95% of the circle",
     "scale to [0, 1], subtract mean and divide by std per channel (RGB order), layout N x 3 x size x size, float32",
@@ -54,7 +55,8 @@ def sidecar_path(out: str | os.PathLike[str]) -> Path:
 
 
 def check_export_outputs(model_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
-    """Refuse an ONNX path (or its sidecar) that is an existing directory, the model file, or the other, before anything is written.
+    """Refuse an ONNX path (or its sidecar) that is an existing directory, the model file, or the other, before
+    anything is written.
 
     Raises:
         OutputPathError: naming the path.
@@ -62,11 +64,14 @@ def check_export_outputs(model_path: str | os.PathLike[str], out: str | os.PathL
     outputs = [("--onnx", Path(out)), ("its sidecar OUT.json", sidecar_path(out))]
     for flag, path in outputs:
         if path.is_dir():
-            raise OutputPathError(f"{flag} {path} is an existing directory; the export writes a file there (nothing was written)")
+            raise OutputPathError(f"{flag} {path} is an existing directory; the export writes a file there "
+                                  "(nothing was written)")
     check_outputs_apart(outputs, [("the model", Path(model_path))])
 
 
-def export_onnx(model_path: str | os.PathLike[str], out: str | os.PathLike[str], *, check_batch: int = 3, seed: int = 0) -> dict[str, Any]:
+def export_onnx(
+    model_path: str | os.PathLike[str], out: str | os.PathLike[str], *, check_batch: int = 3, seed: int = 0
+) -> dict[str, Any]:
     """Write ``out`` (ONNX, dynamic batch axis) and its JSON sidecar; fail unless onnxruntime matches PyTorch.
 
     The check runs ``check_batch`` seeded random inputs through both (a batch size other than the
@@ -104,7 +109,8 @@ def export_onnx(model_path: str | os.PathLike[str], out: str | os.PathLike[str],
             torch_probs = wrapped(check).numpy()
         difference = float(np.abs(onnx_probs - torch_probs).max())
         if not difference < TOLERANCE:
-            raise RuntimeError(f"ONNX export of {model_path} differs from PyTorch by {difference:.2e} (>= {TOLERANCE:g}); nothing written")
+            raise RuntimeError(f"ONNX export of {model_path} differs from PyTorch by {difference:.2e} "
+                               f"(>= {TOLERANCE:g}); nothing written")
     sidecar = {
         **_jsonable(meta),
         "onnx": {

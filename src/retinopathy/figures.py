@@ -1,4 +1,5 @@
-"""Stage plot: the figures comparing the variants, and the CSVs behind `dvc plots`, from the evaluate and train stages' outputs.
+"""Stage plot: the figures comparing the variants, and the CSVs behind `dvc plots`, from the evaluate and train
+stages' outputs.
 
 With several training seeds, confusion matrices and ROC curves pool the seeds' test predictions,
 accuracy curves average them per epoch, and the summary bars show the mean with the seeds' range.
@@ -64,8 +65,11 @@ def make_figures(
                 histories[pretrained == "true"] = history = _mean_history(runs[variant])
                 pooled[["seed", "image", "actual", "predicted"]].to_csv(plots / f"confusion_{variant}.csv", index=False)
                 history.round(5).to_csv(plots / f"history_{variant}.csv", index=False)
-                _roc_or_empty(referable(pooled["actual"]), pooled["p_referable"]).round(5).to_csv(plots / f"roc_{variant}.csv", index=False)
-                values = {m: np.array([run.metrics[m] for run in runs[variant]]) for m in ("accuracy", "kappa", "macro_f1")}
+                _roc_or_empty(referable(pooled["actual"]), pooled["p_referable"]).round(5).to_csv(
+                    plots / f"roc_{variant}.csv", index=False
+                )
+                values = {m: np.array([run.metrics[m] for run in runs[variant]])
+                          for m in ("accuracy", "kappa", "macro_f1")}
                 rows[variant] = {**{m: float(v.mean()) for m, v in values.items()},
                                  **{f"{m}_low": float(v.min()) for m, v in values.items()},
                                  **{f"{m}_high": float(v.max()) for m, v in values.items()}}
@@ -80,6 +84,7 @@ def make_figures(
                 y, score = referable(pooled["actual"], from_grade=grade), referable_score(probs, from_grade=grade)
                 curves[describe(variant)] = _roc_or_empty(y, score)
                 aucs[describe(variant)] = roc_auc(y, score)
-            roc_curves(curves, aucs, figures / f"roc_{name}.png", title=f"{name.replace('_', '-')} DR (grade >= {grade}), test", dpi=dpi)
+            roc_curves(curves, aucs, figures / f"roc_{name}.png",
+                       title=f"{name.replace('_', '-')} DR (grade >= {grade}), test", dpi=dpi)
         table.rename_axis("variant").reset_index().to_csv(figures / "summary.csv", index=False)
     return table

@@ -1,7 +1,8 @@
 """Grade new photographs with a saved model: collect the inputs, predict, explain (Grad-CAM), write one CSV.
 
 Every photograph takes the training path (:func:`retinopathy.inference.photograph_input`), in the arithmetic
-the model was trained and evaluated in where the machine runs it natively (:func:`retinopathy.inference.grading_precision`).
+the model was trained and evaluated in where the machine runs it natively
+(:func:`retinopathy.inference.grading_precision`).
 A photograph that cannot be graded (not an image, truncated or corrupt, empty, too large, no field of view, or
 anything else reading or cropping it raises) is named on stderr with its reason and gets no row in the CSV; the
 others are still graded. Outputs never go over, into or around an input, the model or each other
@@ -78,7 +79,8 @@ def read_image_list(path: Path) -> list[Path]:
     elif frame.shape[1] == 1:
         values = frame.iloc[:, 0]
     else:
-        raise ValueError(f"unreadable CSV list {path}: {frame.shape[1]} columns and none named {' or '.join(LIST_COLUMNS)}")
+        raise ValueError(f"unreadable CSV list {path}: {frame.shape[1]} columns and none named "
+                         f"{' or '.join(LIST_COLUMNS)}")
     entries = [value.strip() for value in values if value.strip()]
     if not entries:
         raise ValueError(f"CSV list {path} names no images")
@@ -89,7 +91,8 @@ def _resolve_listed(path: Path) -> Path:
     """A listed name without extension (``10_left``, as the course lists have) with the image suffix it has on disk."""
     if path.suffix.lower() in IMAGE_SUFFIXES or path.exists():
         return path
-    found = [path.with_name(path.name + suffix) for suffix in IMAGE_SUFFIXES if path.with_name(path.name + suffix).is_file()]
+    found = [path.with_name(path.name + suffix) for suffix in IMAGE_SUFFIXES
+             if path.with_name(path.name + suffix).is_file()]
     return found[0] if found else path
 
 
@@ -131,7 +134,8 @@ def patient_and_eye(path: Path) -> tuple[str, str]:
 
 
 def patient_grades(frame: pd.DataFrame) -> pd.Series:
-    """The worse eye's predicted grade of each patient, on all its rows; empty unless a left and a right eye were graded.
+    """The worse eye's predicted grade of each patient, on all its rows; empty unless a left and a right eye were
+    graded.
 
     Two photographs of one eye do not make a two-eye patient.
     """
@@ -166,9 +170,12 @@ def heatmap_overlay(path: Path, cropped: Cropped, cam: np.ndarray) -> Image.Imag
     sx, sy = photo.width / cropped.frame_size[0], photo.height / cropped.frame_size[1]
     fov = cropped.fov
     # The same box crop_square cut (in the decoded frame), scaled to the full-size photograph.
-    box = (round(fov.cx - fov.radius), round(fov.cy - fov.radius), round(fov.cx + fov.radius), round(fov.cy + fov.radius))
+    box = (round(fov.cx - fov.radius), round(fov.cy - fov.radius),
+           round(fov.cx + fov.radius), round(fov.cy + fov.radius))
     x0, y0, x1, y1 = round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)
-    square = Image.fromarray(cam.astype(np.float32), mode="F").resize((max(1, x1 - x0), max(1, y1 - y0)), Image.Resampling.BILINEAR)
+    square = Image.fromarray(cam.astype(np.float32), mode="F").resize(
+        (max(1, x1 - x0), max(1, y1 - y0)), Image.Resampling.BILINEAR
+    )
     mask = Image.new("F", photo.size, 0.0)
     mask.paste(square, (x0, y0))  # parts of the square outside the frame (a cut-off circle) fall away
     overlay = overlay_mask(photo, mask, colormap="jet", alpha=HEATMAP_ALPHA)
@@ -204,7 +211,8 @@ def check_grading_outputs(
         OutputPathError: naming the path and what it collides with.
     """
     if out is not None and out.is_dir():
-        raise OutputPathError(f"--out {out} is an existing directory; --out names the CSV file to write (nothing was written)")
+        raise OutputPathError(f"--out {out} is an existing directory; --out names the CSV file to write "
+                              "(nothing was written)")
     if heatmaps is not None and heatmaps.exists() and not heatmaps.is_dir():
         raise OutputPathError(f"--heatmaps {heatmaps} exists and is not a directory (nothing was written)")
     outputs = [(flag, path) for flag, path in (("--out", out), ("--heatmaps", heatmaps)) if path is not None]
@@ -213,7 +221,8 @@ def check_grading_outputs(
     if heatmaps is not None:
         for image, target in heatmap_paths(heatmaps, images).items():
             if target.is_dir():
-                raise OutputPathError(f"--heatmaps: the heatmap of {image} would be {target}, an existing directory (nothing was written)")
+                raise OutputPathError(f"--heatmaps: the heatmap of {image} would be {target}, an existing directory "
+                                      "(nothing was written)")
 
 
 def _input_kind(item: Path) -> str:
@@ -252,7 +261,8 @@ def grade_photographs(
     precision, _ = grading_precision(meta, dev, model_path=model_path)
     paths, failures = collect_inputs(inputs)
     heat_dir = Path(heatmaps) if heatmaps is not None else None
-    check_grading_outputs(Path(model_path), [Path(item) for item in inputs], paths, out=Path(out) if out is not None else None, heatmaps=heat_dir)
+    check_grading_outputs(Path(model_path), [Path(item) for item in inputs], paths,
+                          out=Path(out) if out is not None else None, heatmaps=heat_dir)
     for failure in failures:
         print(f"cannot grade {failure}", file=sys.stderr)
     heat_targets = heatmap_paths(heat_dir, paths) if heat_dir is not None else {}
@@ -293,8 +303,11 @@ def grade_photographs(
     return Grading(frame, meta["grade_names"], failures, written)
 
 
-def _read_batch(paths: Sequence[Path], meta: dict[str, Any], fail: Callable[[Path, str], None]) -> list[tuple[Path, torch.Tensor, Cropped]]:
-    """The network's input of each photograph that can be read and cropped; ``fail`` is told about each one that cannot."""
+def _read_batch(
+    paths: Sequence[Path], meta: dict[str, Any], fail: Callable[[Path, str], None]
+) -> list[tuple[Path, torch.Tensor, Cropped]]:
+    """The network's input of each photograph that can be read and cropped; ``fail`` is told about each one that
+    cannot."""
     batch = []
     for path in paths:
         try:
@@ -307,9 +320,11 @@ def _read_batch(paths: Sequence[Path], meta: dict[str, Any], fail: Callable[[Pat
 
 
 def _write_heatmaps(
-    batch: Sequence[tuple[Path, torch.Tensor, Cropped]], cams: np.ndarray, targets: dict[Path, Path], fail: Callable[[Path, str], None]
+    batch: Sequence[tuple[Path, torch.Tensor, Cropped]], cams: np.ndarray, targets: dict[Path, Path],
+    fail: Callable[[Path, str], None],
 ) -> list[bool]:
-    """Write each photograph's heatmap to ``targets[path]``; whether each was written (``fail`` is told about the others)."""
+    """Write each photograph's heatmap to ``targets[path]``; whether each was written (``fail`` is told about the
+    others)."""
     written = []
     for (path, _, cropped), cam in zip(batch, cams):
         try:
@@ -327,7 +342,8 @@ def _row(path: Path, probs: np.ndarray, grade: int) -> dict[str, Any]:
     """One CSV row: the photograph, its patient and eye, grade and probabilities."""
     patient, eye = patient_and_eye(path)
     return {"image": str(path), "patient": patient, "eye": eye, "grade": int(grade),
-            **{f"p{g}": round(float(probs[g]), 6) for g in range(len(probs))}, "p_referable": round(float(probs[2:].sum()), 6)}
+            **{f"p{g}": round(float(probs[g]), 6) for g in range(len(probs))},
+            "p_referable": round(float(probs[2:].sum()), 6)}
 
 
 def summary_table(grading: Grading, *, rows: int = TABLE_ROWS) -> str:
@@ -338,11 +354,15 @@ def summary_table(grading: Grading, *, rows: int = TABLE_ROWS) -> str:
         shown = frame.head(rows).assign(image=[Path(p).name for p in frame["image"].head(rows)])
         shown["name"] = [grade_names[g] for g in shown["grade"]]
         shown["patient_grade"] = ["" if pd.isna(g) else str(g) for g in shown["patient_grade"]]
-        lines.append(shown[["image", "grade", "name", "p_referable", "patient_grade"]].to_string(index=False, na_rep=""))
+        lines.append(
+            shown[["image", "grade", "name", "p_referable", "patient_grade"]].to_string(index=False, na_rep="")
+        )
         if len(frame) > rows:
             lines.append(f"... {len(frame) - rows} more row(s)")
     counts = frame["grade"].value_counts() if len(frame) else pd.Series(dtype=int)
-    lines.append("per grade: " + ", ".join(f"{g} {name}: {int(counts.get(g, 0))}" for g, name in enumerate(grade_names)))
+    lines.append(
+        "per grade: " + ", ".join(f"{g} {name}: {int(counts.get(g, 0))}" for g, name in enumerate(grade_names))
+    )
     failed = f", {len(grading.failures)} failed (named on stderr, no row in the CSV)" if grading.failures else ""
     lines.append(f"graded {len(frame)} photograph(s){failed}")
     return "\n".join(lines)

@@ -107,7 +107,8 @@ def read_axes(study: dict[str, Any]) -> StudyAxes:
     """The study's axes from its params.yaml, every key checked (ParamsError naming the key)."""
     check_known(study, None, STUDY_KEYS)
     seeds = get(study, "seeds", list)
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+    if (not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+            or len(set(seeds)) != len(seeds)):
         raise ParamsError(f"{STUDY_PARAMS}: 'seeds' must be distinct integers, at least one, got {seeds!r}")
     refits, blend_cs = read_arms(study)
     return StudyAxes(arch=get(study, "arch", str), pretrained=get(study, "pretrained", bool), seeds=tuple(seeds),
@@ -146,7 +147,8 @@ class StudyLayout:
 
 def machine() -> dict[str, Any]:
     """The CPU model and torch threads: the study's figures depend on both."""
-    return {"cpu": cpu_info()[0] or platform.processor(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__}
+    return {"cpu": cpu_info()[0] or platform.processor(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__}
 
 
 # ---------------------------------------------------------------------------------------------------------------

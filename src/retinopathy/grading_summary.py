@@ -24,7 +24,16 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from retinopathy.grading_study import NONE, SPLITS, STUDY_PARAMS, StudyAxes, StudyLayout, arm_name, machine, setting_label
+from retinopathy.grading_study import (
+    NONE,
+    SPLITS,
+    STUDY_PARAMS,
+    StudyAxes,
+    StudyLayout,
+    arm_name,
+    machine,
+    setting_label,
+)
 from retinopathy.metrics import accuracy, macro_f1, quadratic_weighted_kappa
 from retinopathy.params import check_known, get
 from retinopathy.plotting import forest
@@ -61,7 +70,9 @@ def summary_settings(study: dict[str, Any]) -> SummarySettings:
 def current_settings(params: dict[str, Any]) -> dict[str, str]:
     """What the project's params.yaml grades with now, in the study's labels (``refit``, ``blend``)."""
     refit = setting_label(get(params, "refit_c", float)) if get(params, "refit_classifier", bool) else NONE
-    blend = setting_label(get(params, "evaluate.blend_c", float)) if get(params, "evaluate.patient_blend", bool) else NONE
+    blend = (
+        setting_label(get(params, "evaluate.blend_c", float)) if get(params, "evaluate.patient_blend", bool) else NONE
+    )
     return {"refit": refit, "blend": blend}
 
 
@@ -118,7 +129,8 @@ def comparisons(axes: StudyAxes) -> list[dict[str, str]]:
     """Every paired comparison of the study: ``first`` minus ``second``, two argmax arms of the same networks."""
     refits = [refit for refit in axes.refit_labels if refit != NONE]
     blends = [blend for blend in axes.blend_labels if blend != NONE]
-    pairs = [_pair("refit", refit, refit, arm_name(refit, NONE), arm_name(NONE, NONE), f"{describe('refit', refit)} - no refit")
+    pairs = [_pair("refit", refit, refit, arm_name(refit, NONE), arm_name(NONE, NONE),
+                   f"{describe('refit', refit)} - no refit")
              for refit in refits]
     pairs += [_pair("blend", blend, refit, arm_name(refit, blend), arm_name(refit, NONE),
                     f"{describe('blend', blend)} - no blend ({describe('refit', refit)})")
@@ -129,7 +141,8 @@ def comparisons(axes: StudyAxes) -> list[dict[str, str]]:
 def _aligned(
     predictions: Sequence[Mapping[str, pd.DataFrame]], pair: Mapping[str, str], split: str, seeds: Sequence[int],
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
-    """Both arms' grades on ``split`` per seed, and the labels and patients they share (ValueError where they do not)."""
+    """Both arms' grades on ``split`` per seed, and the labels and patients they share (ValueError where they do
+    not)."""
     reference: pd.DataFrame | None = None
     grades: dict[str, list[np.ndarray]] = {pair["first"]: [], pair["second"]: []}
     for seed, arms in zip(seeds, predictions):
@@ -158,13 +171,15 @@ def paired_differences(
     """
     out = []
     for pair in pairs:
-        missing = [seed for seed, arms in zip(seeds, predictions) if pair["first"] not in arms or pair["second"] not in arms]
+        missing = [seed for seed, arms in zip(seeds, predictions)
+                   if pair["first"] not in arms or pair["second"] not in arms]
         for split in SPLITS:
             for metric, fn in METRICS.items():
                 row: dict[str, Any] = {**pair, "split": split, "metric": metric}
                 if missing:
                     out.append({**row, "difference": None, "low": None, "high": None,
-                                "verdict": f"not scored: no grades for seed(s) {missing} (see their grade records' errors)"})
+                                "verdict": f"not scored: no grades for seed(s) {missing} "
+                                           "(see their grade records' errors)"})
                     continue
                 first, second, labels, patients = _aligned(predictions, pair, split, seeds)
                 diff = paired_difference(
@@ -193,7 +208,8 @@ def choose(candidates: Mapping[str, tuple[float | None, float | None]], baseline
 
 def _decision(knob: str, differences: Mapping[str, Mapping[str, Any]], means: Mapping[str, float | None], *,
               confidence: float, current: str | None) -> dict[str, Any]:
-    """:func:`choose` for one knob, from each setting's validation QWK difference and mean, with its verdict in words."""
+    """:func:`choose` for one knob, from each setting's validation QWK difference and mean, with its verdict in
+    words."""
     chosen, passing = choose({s: (d["low"], means[s]) for s, d in differences.items()})
     level = f"{100 * confidence:g}%"
     if not differences:
@@ -209,7 +225,8 @@ def _decision(knob: str, differences: Mapping[str, Mapping[str, Any]], means: Ma
                    + (f", and it has the highest mean validation QWK of those that do (also {', '.join(others)})"
                       if others else ""))
     entry: dict[str, Any] = {"knob": knob, "chosen": chosen, "passing": passing, "verdict": verdict,
-                             "val_kappa_low": {s: d["low"] for s, d in differences.items()}, "val_kappa_mean": dict(means)}
+                             "val_kappa_low": {s: d["low"] for s, d in differences.items()},
+                             "val_kappa_mean": dict(means)}
     if current is not None:
         entry["params_yaml"] = current
         entry["agrees_with_params_yaml"] = current == chosen
@@ -222,7 +239,8 @@ def choices(
 ) -> dict[str, dict[str, Any]]:
     """The rule applied to the refit, then to the blend on top of the refit it chose."""
     means = {(entry["refit"], entry["blend"]): entry["val_kappa"] for entry in arms}
-    val = {(d["knob"], d["refit"], d["setting"]): d for d in differences if d["split"] == "val" and d["metric"] == "kappa"}
+    val = {(d["knob"], d["refit"], d["setting"]): d
+           for d in differences if d["split"] == "val" and d["metric"] == "kappa"}
     current = current or {}
     refits = [r for r in axes.refit_labels if r != NONE]
     refit = _decision("refit", {r: val[("refit", r, r)] for r in refits}, {r: means[(r, NONE)] for r in refits},
@@ -243,12 +261,13 @@ def summarize(
         ValueError: when the records are not one per seed, or a record lacks an arm of ``axes``.
     """
     if not len(records) == len(predictions) == len(axes.seeds):
-        raise ValueError(f"{len(records)} grade records and {len(predictions)} sets of grades for {len(axes.seeds)} seeds")
+        raise ValueError(f"{len(records)} grade records and {len(predictions)} sets of grades "
+                         f"for {len(axes.seeds)} seeds")
     for seed, record in zip(axes.seeds, records):
         have = {arm_name(arm["refit"], arm["blend"]) for arm in record["arms"]}
         if missing := [arm for arm in axes.arms if arm not in have]:
-            raise ValueError(f"the grade record of seed {seed} has no arm {missing[0]}: it was graded with other refit or "
-                             f"blend_c values than {STUDY_PARAMS} lists; rerun its grade stage")
+            raise ValueError(f"the grade record of seed {seed} has no arm {missing[0]}: it was graded with other "
+                             f"refit or blend_c values than {STUDY_PARAMS} lists; rerun its grade stage")
     arms = setup_table([arm for record in records for arm in record["arms"]], ARM_KEYS, val_key="val")
     differences = paired_differences(predictions, comparisons(axes), seeds=axes.seeds, settings=settings)
     return {
@@ -346,7 +365,8 @@ def _verdict_lines(summary: Mapping[str, Any]) -> list[str]:
 
 def _header(summary: Mapping[str, Any]) -> list[str]:
     study, seconds, mach = summary["study"], summary.get("seconds"), summary.get("machine")
-    arch = f"{ARCH_LABELS.get(study['arch'], study['arch'])} ({'pretrained' if study['pretrained'] else 'from scratch'})"
+    arch = (f"{ARCH_LABELS.get(study['arch'], study['arch'])} "
+            f"({'pretrained' if study['pretrained'] else 'from scratch'})")
     seeds = ", ".join(str(seed) for seed in study["seeds"])
     lines = [
         f"# Grading study: classifier refit and two-eye blend, {arch}",
@@ -360,8 +380,8 @@ def _header(summary: Mapping[str, Any]) -> list[str]:
         trained = "" if mach["training"] == mach["cpu"] else f" (trained on {', '.join(mach['training'])})"
         threads = ", ".join(map(str, mach["torch_threads"]))
         lines[-1] += (f" Machine: {', '.join(mach['cpu'])}; {threads} torch threads{trained}. "
-                      f"Time: {seconds['training']:.0f} s training (the train stages' loops), {seconds['grading']:.0f} s "
-                      f"grading, {seconds['summary']:.0f} s summary.")
+                      f"Time: {seconds['training']:.0f} s training (the train stages' loops), "
+                      f"{seconds['grading']:.0f} s grading, {seconds['summary']:.0f} s summary.")
     lines += [
         "",
         "**Validation** is the held-out validation split: no network trains on it, though each picked its epoch on it "
@@ -383,35 +403,40 @@ def markdown(summary: Mapping[str, Any], *, figure: str | None = None) -> str:
     for e in summary["arms"]:
         cells = " | ".join(_cell(e, f"{split}_{m}") for split in SPLITS for m in METRICS)
         lines.append(f"| {describe('refit', e['refit'])} | {describe('blend', e['blend'])} | {cells} | {_grade_4(e)} |")
-    lines += ["", f"## Paired differences (the same networks graded both ways, {len(summary['study']['seeds'])} seeds)", "",
-              f"First minus second, on the same patients; the {level} interval is retinopathy.statistics.paired_difference's "
-              "with paired seeds (it covers the patients and the training seeds).", "",
+    lines += ["",
+              f"## Paired differences (the same networks graded both ways, {len(summary['study']['seeds'])} seeds)", "",
+              f"First minus second, on the same patients; the {level} interval is "
+              "retinopathy.statistics.paired_difference's with paired seeds (it covers the patients and the training "
+              "seeds).", "",
               f"| comparison | split | metric | difference ({level} interval) | verdict |", "|---|---|---|---|---|"]
     for d in summary["differences"]:
         value = "-" if d["difference"] is None else (
             f"{d['difference']:+.3f} ({'?' if d['low'] is None else format(d['low'], '+.3f')} to "
             f"{'?' if d['high'] is None else format(d['high'], '+.3f')})")
-        lines.append(f"| {d['label']} | {SPLIT_LABELS[d['split']]} | {METRIC_LABELS[d['metric']]} | {value} | {d['verdict']} |")
+        lines.append(f"| {d['label']} | {SPLIT_LABELS[d['split']]} | {METRIC_LABELS[d['metric']]} | {value} "
+                     f"| {d['verdict']} |")
     blend_c = ", ".join(f"{c:g}" for c in summary["components_blend_c"] if c is not None)
     lines += ["", "## Every grading setup (the ablation)", "",
               f"Validation 2-fold over its patients; the blend here is evaluate.blend_c's ({blend_c}).", "",
-              "| classifier refit | decode | TTA | two-eye blend | val QWK (2-fold) | val macro-F1 (2-fold) | test QWK | "
-              "test macro-F1 | test accuracy | seeds predicting grade 4 (val / test) |",
+              "| classifier refit | decode | TTA | two-eye blend | val QWK (2-fold) | val macro-F1 (2-fold) "
+              "| test QWK | test macro-F1 | test accuracy | seeds predicting grade 4 (val / test) |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for e in summary["components"]:
         keys = ("val_kappa", "val_macro_f1", "test_kappa", "test_macro_f1", "test_accuracy")
         cells = " | ".join(_cell(e, key) for key in keys)
-        lines.append(f"| {describe('refit', e['refit'])} | {e['decode']} | {e['tta']} | {'yes' if e['patient_blend'] else 'no'} "
-                     f"| {cells} | {_grade_4(e)} |")
+        lines.append(f"| {describe('refit', e['refit'])} | {e['decode']} | {e['tta']} "
+                     f"| {'yes' if e['patient_blend'] else 'no'} | {cells} | {_grade_4(e)} |")
     errors = [e for e in (*summary["arms"], *summary["components"]) if e["errors"]]
     if errors:
         lines += ["", "Not scored for some seeds (left out of the means): " + "; ".join(
-            f"{', '.join(f'{k} {e[k]}' for k in e if k in COMPONENT_KEYS + ARM_KEYS)}: {e['errors']} seed(s), {e['error']}"
+            f"{', '.join(f'{k} {e[k]}' for k in e if k in COMPONENT_KEYS + ARM_KEYS)}: "
+            f"{e['errors']} seed(s), {e['error']}"
             for e in errors) + "."]
     unapplied = [r for r in summary.get("refits", []) if r["refit"] != NONE and not r.get("applied")]
     if unapplied:  # then that seed's refit arm is the network as trained
         lines += ["", "Refit not applied (the layer kept as trained): " + "; ".join(
-            f"seed {r['seed']}, {describe('refit', r['refit'])}: {r.get('reason', 'no reason recorded')}" for r in unapplied) + "."]
+            f"seed {r['seed']}, {describe('refit', r['refit'])}: {r.get('reason', 'no reason recorded')}"
+            for r in unapplied) + "."]
     if figure is not None:
         lines += ["", f"![paired QWK differences, validation and test]({figure})"]
     return "\n".join(lines) + "\n"

@@ -78,7 +78,8 @@ def _deep_to_rgb(image: Image.Image) -> Image.Image:
 
 
 class TooManyPixelsError(ValueError):
-    """A photograph whose header claims more than :data:`MAX_PIXELS` pixels (a decompression bomb, or not a photograph)."""
+    """A photograph whose header claims more than :data:`MAX_PIXELS` pixels (a decompression bomb, or not a
+    photograph)."""
 
 
 def open_rgb(path: str | os.PathLike[str], *, draft_side: int | None = None) -> tuple[Image.Image, bool]:
@@ -101,7 +102,8 @@ def open_rgb(path: str | os.PathLike[str], *, draft_side: int | None = None) -> 
                 if draft_side is not None and img.format == "JPEG":
                     img.draft("RGB", (draft_side, draft_side))
                 reduced = img.size != full
-                # After draft: libjpeg picks the reduced scale on the stored frame, and transposing first would decode it in full.
+                # After draft: libjpeg picks the reduced scale on the stored frame, and transposing first would
+                # decode it in full.
                 if img.getexif().get(ExifTags.Base.Orientation, 1) not in (0, 1):
                     img = ImageOps.exif_transpose(img)
                 return to_rgb(img), reduced
@@ -121,4 +123,5 @@ def check_pixel_count(size: tuple[int, int]) -> None:
     """
     width, height = size
     if width * height > MAX_PIXELS:
-        raise TooManyPixelsError(f"{width} x {height} = {width * height:,} pixels, more than the limit of {MAX_PIXELS:,}")
+        raise TooManyPixelsError(f"{width} x {height} = {width * height:,} pixels, "
+                                 f"more than the limit of {MAX_PIXELS:,}")

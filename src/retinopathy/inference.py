@@ -24,7 +24,7 @@ from retinopathy.data import build_transform
 from retinopathy.decoding import Decoder, head_outputs
 from retinopathy.models import build_model
 from retinopathy.precision import autocast, resolve_precision
-from retinopathy.preprocessing import CropSettings, Cropped, crop_photograph, crop_settings_record
+from retinopathy.preprocessing import Cropped, CropSettings, crop_photograph, crop_settings_record
 from retinopathy.utils import load_checkpoint
 
 # Bumped when a key's meaning changes; files without it (or with another) are refused, not guessed at.
@@ -59,7 +59,10 @@ def model_metadata(
         decoder: the head and how its outputs become grades (cut-points tuned on validation); argmax by default.
     """
     decoder = decoder or Decoder()
-    record = crop_settings_record(crop) if isinstance(crop, CropSettings) else {k: crop[k] for k in ("size", "fov_threshold", "graham", "graham_sigma")}
+    record = (
+        crop_settings_record(crop) if isinstance(crop, CropSettings)
+        else {k: crop[k] for k in ("size", "fov_threshold", "graham", "graham_sigma")}
+    )
     return {
         "format": MODEL_FORMAT,
         "arch": arch,
@@ -95,7 +98,10 @@ def load_model(path: str | os.PathLike[str], device: torch.device) -> tuple[nn.M
         raise ValueError(f"{path} is not a retinopathy model: it has no 'format' key (found {keys}); models written "
                          f"before metadata was added must be retrained (dvc repro)")
     if checkpoint["format"] != MODEL_FORMAT:
-        raise ValueError(f"{path} is not a retinopathy model of a format this version reads: {checkpoint['format']!r}, expected {MODEL_FORMAT!r}")
+        raise ValueError(
+            f"{path} is not a retinopathy model of a format this version reads: {checkpoint['format']!r}, "
+            f"expected {MODEL_FORMAT!r}"
+        )
     missing = [key for key in REQUIRED_KEYS if key not in checkpoint]
     if missing:
         raise ValueError(f"{path} is not a retinopathy model: keys {missing} are missing")
@@ -116,7 +122,9 @@ def model_decoder(meta: dict[str, Any]) -> Decoder:
     return Decoder.from_dict(meta["decoding"])
 
 
-def grading_precision(meta: dict[str, Any], device: torch.device, *, model_path: str | os.PathLike[str] = "the model") -> tuple[str, str]:
+def grading_precision(
+    meta: dict[str, Any], device: torch.device, *, model_path: str | os.PathLike[str] = "the model"
+) -> tuple[str, str]:
     """The arithmetic to grade a loaded model in on ``device``, and why.
 
     The precision the model records (the one it was trained and evaluated in) where ``device`` runs it
@@ -178,12 +186,17 @@ def predict(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The head's outputs for every image (see :func:`outputs`) and the loader's labels, in loader order."""
     model.eval()
-    return over_loader(loader, lambda images: outputs(model, images, device, precision=precision, head=head, tta=tta), desc=desc)
+    return over_loader(
+        loader, lambda images: outputs(model, images, device, precision=precision, head=head, tta=tta), desc=desc
+    )
 
 
 @torch.no_grad()
-def over_loader(loader: DataLoader, fn: Callable[[torch.Tensor], torch.Tensor], *, desc: str) -> tuple[np.ndarray, np.ndarray]:
-    """``fn`` of every batch (CPU tensors) concatenated, and the loader's labels, in loader order, with a progress bar."""
+def over_loader(
+    loader: DataLoader, fn: Callable[[torch.Tensor], torch.Tensor], *, desc: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """``fn`` of every batch (CPU tensors) concatenated, and the loader's labels, in loader order, with a
+    progress bar."""
     out, labels = [], []
     for images, batch_labels in tqdm(loader, desc=desc, leave=False, unit="batch", dynamic_ncols=True):
         out.append(fn(images))
@@ -221,6 +234,8 @@ def outputs(
 
 
 @torch.no_grad()
-def probabilities(model: nn.Module, images: torch.Tensor, device: torch.device, *, precision: str = "fp32") -> torch.Tensor:
+def probabilities(
+    model: nn.Module, images: torch.Tensor, device: torch.device, *, precision: str = "fp32"
+) -> torch.Tensor:
     """Softmax probabilities (N, classes) of one batch of a classification model, on the CPU, in fp32."""
     return outputs(model, images, device, precision=precision)

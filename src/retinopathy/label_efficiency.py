@@ -24,7 +24,7 @@ import pandas as pd
 
 from retinopathy.metrics import quadratic_weighted_kappa
 from retinopathy.results import ARCH_LABELS, read_json
-from retinopathy.statistics import patient_bootstrap, paired_difference
+from retinopathy.statistics import paired_difference, patient_bootstrap
 from retinopathy.utils import atomic_path, write_csv
 
 ARMS = {"true": "pretrained", "false": "scratch"}
@@ -86,7 +86,8 @@ def summarize_study(
     arch: str = "resnet18",
     settings: SummarySettings = SummarySettings(),
 ) -> pd.DataFrame:
-    """One row per fraction: labelled patients and images, each arm's test QWK with its interval, and the paired difference.
+    """One row per fraction: labelled patients and images, each arm's test QWK with its interval, and the paired
+    difference.
 
     Each arm's QWK is the mean over ``seeds`` of the test QWK; its interval is a percentile bootstrap of that
     mean over test patients (both eyes together; the same resample for every seed), so it covers test
@@ -138,7 +139,8 @@ def summarize_study(
             patients = frames[0]["patient"].astype(str).to_numpy()
             outputs[pretrained] = [frame["predicted"].to_numpy() for frame in frames]
             interval = patient_bootstrap(mean_kappa, [y, *outputs[pretrained]], patients, **boot)
-            per_seed = [float(read_json(layout.eval(name) / f"{arch}-{pretrained}-{seed}.json")["kappa"]) for seed in seeds]
+            per_seed = [float(read_json(layout.eval(name) / f"{arch}-{pretrained}-{seed}.json")["kappa"])
+                        for seed in seeds]
             row.update({
                 f"{arm}_qwk": round(interval.point, 4),
                 f"{arm}_low": round(interval.low, 4),
@@ -217,7 +219,9 @@ def markdown_table(table: pd.DataFrame, *, seeds: Sequence[int], settings: Summa
     return "\n".join(lines) + "\n"
 
 
-def draw_curve(table: pd.DataFrame, path: str | os.PathLike[str], *, note: str, arch: str = "resnet18", dpi: int = 110) -> None:
+def draw_curve(
+    table: pd.DataFrame, path: str | os.PathLike[str], *, note: str, arch: str = "resnet18", dpi: int = 110
+) -> None:
     """Left: each arm's test QWK with its interval against labelled images (log scale), seeds as dots.
     Right: pretrained minus scratch with its interval. Draws ``table`` only."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.6), constrained_layout=True)

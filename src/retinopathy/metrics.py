@@ -24,7 +24,8 @@ def confusion_counts(y_true: ArrayLike, y_pred: ArrayLike) -> np.ndarray:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} must be 1-D arrays of equal length")
     for name, y in (("y_true", y_true), ("y_pred", y_pred)):
         if y.size and (y.min() < 0 or y.max() >= NUM_CLASSES or not np.array_equal(y, np.round(y))):
-            raise ValueError(f"{name} holds values outside the grades 0..{NUM_CLASSES - 1}: {sorted(set(y.tolist()) - set(GRADES))[:10]}")
+            raise ValueError(f"{name} holds values outside the grades 0..{NUM_CLASSES - 1}: "
+                             f"{sorted(set(y.tolist()) - set(GRADES))[:10]}")
     codes = NUM_CLASSES * y_true.astype(np.int64) + y_pred.astype(np.int64)
     return np.bincount(codes, minlength=NUM_CLASSES * NUM_CLASSES).reshape(NUM_CLASSES, NUM_CLASSES)
 

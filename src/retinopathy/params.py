@@ -29,7 +29,9 @@ def load_params(path: str | os.PathLike[str] = "params.yaml") -> dict[str, Any]:
     return params
 
 
-def get(params: dict[str, Any], key: str, kind: type | tuple[type, ...], *, choices: Iterable[Any] | None = None) -> Any:
+def get(
+    params: dict[str, Any], key: str, kind: type | tuple[type, ...], *, choices: Iterable[Any] | None = None
+) -> Any:
     """Return ``params[a][b]`` for ``key='a.b'``, checking its type (and allowed values).
 
     Raises:

@@ -24,7 +24,9 @@ def _save(fig: plt.Figure, path: str | os.PathLike[str], dpi: int) -> None:
     plt.close(fig)
 
 
-def confusion_pair(arch: str, matrices: Mapping[bool, np.ndarray], path: str | os.PathLike[str], *, dpi: int = 110) -> None:
+def confusion_pair(
+    arch: str, matrices: Mapping[bool, np.ndarray], path: str | os.PathLike[str], *, dpi: int = 110
+) -> None:
     """Row-normalised confusion matrices of ``arch`` with and without pretraining, side by side."""
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2), constrained_layout=True)
     for ax, pretrained in zip(axes, (True, False)):
@@ -32,18 +34,23 @@ def confusion_pair(arch: str, matrices: Mapping[bool, np.ndarray], path: str | o
         im = ax.imshow(m, cmap="Blues", vmin=0.0, vmax=1.0)
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
-                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if m[i, j] > 0.5 else "black")
-        ax.set(xticks=list(GRADES), yticks=list(GRADES), xlabel="predicted grade", ylabel="true grade", title=f"{arch} {LABELS[pretrained]}")
+                ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if m[i, j] > 0.5 else "black")
+        ax.set(xticks=list(GRADES), yticks=list(GRADES), xlabel="predicted grade", ylabel="true grade",
+               title=f"{arch} {LABELS[pretrained]}")
     fig.colorbar(im, ax=axes, shrink=0.8, label="fraction of true grade")
     _save(fig, path, dpi)
 
 
-def accuracy_curves(arch: str, histories: Mapping[bool, pd.DataFrame], path: str | os.PathLike[str], *, dpi: int = 110) -> None:
+def accuracy_curves(
+    arch: str, histories: Mapping[bool, pd.DataFrame], path: str | os.PathLike[str], *, dpi: int = 110
+) -> None:
     """Train and test accuracy per epoch of ``arch``, with and without pretraining (the study's figure)."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
     for pretrained, colour in ((True, "tab:blue"), (False, "tab:orange")):
         h = histories[pretrained]
-        ax.plot(h["epoch"], h["train_acc"], color=colour, linestyle="--", marker="o", label=f"train ({LABELS[pretrained]})")
+        ax.plot(h["epoch"], h["train_acc"], color=colour, linestyle="--", marker="o",
+                label=f"train ({LABELS[pretrained]})")
         ax.plot(h["epoch"], h["test_acc"], color=colour, marker="s", label=f"test ({LABELS[pretrained]})")
     ax.set(xlabel="epoch", ylabel="accuracy", title=f"{arch}: accuracy per epoch")
     ax.grid(alpha=0.3)
@@ -65,13 +72,17 @@ def summary_bars(table: pd.DataFrame, path: str | os.PathLike[str], *, dpi: int 
         bars = ax.bar(x + (k - 1) * width, table[name], width, label=name, yerr=err, capsize=2)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)
     ax.set_xticks(x, table.index, rotation=15)
-    ax.set(ylim=(min(0.0, float(table[metrics].min().min())), 1.0), ylabel="test score", title="test metrics per variant")
+    ax.set(ylim=(min(0.0, float(table[metrics].min().min())), 1.0), ylabel="test score",
+           title="test metrics per variant")
     ax.axhline(0, color="black", linewidth=0.6)
     ax.legend(fontsize=8)
     _save(fig, path, dpi)
 
 
-def roc_curves(curves: Mapping[str, pd.DataFrame], aucs: Mapping[str, float], path: str | os.PathLike[str], *, title: str, dpi: int = 110) -> None:
+def roc_curves(
+    curves: Mapping[str, pd.DataFrame], aucs: Mapping[str, float], path: str | os.PathLike[str], *, title: str,
+    dpi: int = 110,
+) -> None:
     """ROC curves (columns ``fpr``, ``tpr``), one per variant, with the AUC in the legend and the chance diagonal."""
     fig, ax = plt.subplots(figsize=(5.2, 5.0), constrained_layout=True)
     for name, curve in curves.items():
@@ -87,7 +98,8 @@ def roc_curves(curves: Mapping[str, pd.DataFrame], aucs: Mapping[str, float], pa
 
 
 def forest(rows: list[dict], path: str | os.PathLike[str], *, title: str, dpi: int = 110) -> None:
-    """Paired differences with their intervals, one line each (``label``, ``difference``, ``low``, ``high``), and 0 marked."""
+    """Paired differences with their intervals, one line each (``label``, ``difference``, ``low``, ``high``), and 0
+    marked."""
     fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.2), constrained_layout=True)
     y = np.arange(len(rows))[::-1]
     for yi, row in zip(y, rows):

@@ -115,7 +115,8 @@ def crop_photograph(src: str | os.PathLike[str], settings: CropSettings) -> Crop
 
 def crop_settings_record(settings: CropSettings) -> dict[str, Any]:
     """The settings that change the pixels (``draft`` does not), as written to stats.json and into each model."""
-    return {"size": settings.size, "fov_threshold": settings.fov_threshold, "graham": settings.graham, "graham_sigma": settings.graham_sigma}
+    return {"size": settings.size, "fov_threshold": settings.fov_threshold, "graham": settings.graham,
+            "graham_sigma": settings.graham_sigma}
 
 
 def process_image(src: Path, dst: Path, settings: CropSettings) -> Processed:
@@ -129,7 +130,8 @@ def process_image(src: Path, dst: Path, settings: CropSettings) -> Processed:
         image = crop_photograph(src, settings).image
     except FileNotFoundError as exc:
         return Processed("missing", str(exc), None, 0)
-    except Exception as exc:  # whatever one file makes the decoder or the crop raise is that file's problem, not the run's
+    except Exception as exc:  # whatever one file makes the decoder or the crop raise is that file's problem,
+        # not the run's
         dst.unlink(missing_ok=True)
         return Processed("unreadable", image_failure(src, exc), None, 0)
     try:
@@ -158,7 +160,8 @@ def _process_job(job: tuple[Path, Path, CropSettings]) -> Processed:
 
 
 def process_images(
-    pairs: Sequence[tuple[Path, Path]], settings: CropSettings, *, workers: int = 0, desc: str = "preprocess", progress: bool = True
+    pairs: Sequence[tuple[Path, Path]], settings: CropSettings, *, workers: int = 0, desc: str = "preprocess",
+    progress: bool = True,
 ) -> list[Processed]:
     """Process ``(src, dst)`` pairs on ``workers`` processes (0: all cores) with a progress bar.
 
@@ -209,7 +212,8 @@ class SplitLeakError(ValueError):
 
 
 def of_held_out_patients(images: pd.Series, splits: dict[str, pd.DataFrame]) -> dict[str, np.ndarray]:
-    """For ``val`` and ``test``: which of ``images`` belong to a patient with an eye in that split (:func:`patient_of`)."""
+    """For ``val`` and ``test``: which of ``images`` belong to a patient with an eye in that split
+    (:func:`patient_of`)."""
     patients = images.astype(str).map(patient_of)
     return {split: patients.isin({patient_of(str(image)) for image in splits[split]["image"]}).to_numpy(dtype=bool)
             for split in HELD_OUT_SPLITS}
@@ -246,13 +250,15 @@ def resolve_split_leaks(
         raise ValueError(f"data.on_split_leak must be one of {list(LEAK_POLICIES)}, got {policy!r}")
     leaks = split_leaks(splits)
     if leaks and policy == "error":
-        lines = [", ".join(f"{split}: {', '.join(leak[split])}" for split in LABELLED_SPLITS if split in leak) for leak in leaks]
+        lines = [", ".join(f"{split}: {', '.join(leak[split])}" for split in LABELLED_SPLITS if split in leak)
+                 for leak in leaks]
         shown = "\n    ".join(f"patient {leak['patient']!r}: {line}" for leak, line in list(zip(leaks, lines))[:20])
         more = f"\n    ... and {len(leaks) - 20} more" if len(leaks) > 20 else ""
         raise SplitLeakError(
             f"{len(leaks)} patient(s) have eyes on both sides of the given split, so test scores would be inflated:"
             f"\n    {shown}{more}\n"
-            "Set data.on_split_leak: warn to keep the split as given (listed in the report) or resplit to move them to one side."
+            "Set data.on_split_leak: warn to keep the split as given (listed in the report) or resplit to move them "
+            "to one side."
         )
     out = dict(splits)
     moved: list[str] = []
@@ -322,7 +328,8 @@ def apply_label_fraction(
         "images_moved_to_pool": int((~dropped).sum()),
         "train_patients_per_grade": np.bincount(grades_before, minlength=NUM_CLASSES).tolist(),
         "kept_patients_per_grade": np.bincount(grades_kept, minlength=NUM_CLASSES).tolist(),
-        **{f"set_aside_images_of_{split}_patients_dropped": aside.loc[mask, "image"].astype(str).tolist() for split, mask in of_held_out.items()},
+        **{f"set_aside_images_of_{split}_patients_dropped": aside.loc[mask, "image"].astype(str).tolist()
+           for split, mask in of_held_out.items()},
     }
     if aside.empty:
         return splits, report
@@ -349,7 +356,8 @@ def _bad_image_error(bad: list[dict], unlisted: Sequence[str], listed: int, repo
     """One error naming every bad image and unlisted file (up to ``MAX_LISTED`` each when a report has them all)."""
     cap = MAX_LISTED if report_path is not None else None
     sections = []
-    for kind, title in (("missing", "listed but missing"), ("unreadable", "corrupt, truncated, too large or without a field of view")):
+    for kind, title in (("missing", "listed but missing"),
+                        ("unreadable", "corrupt, truncated, too large or without a field of view")):
         lines = [f"{b['split']} {b['image']!r}: {b['message']}" for b in bad if b["kind"] == kind]
         if lines:
             sections.append((f"{len(lines)} {title}", lines))
@@ -405,17 +413,20 @@ def build_processed_set(
         splits, leaks = resolve_split_leaks(splits, on_split_leak)
     except SplitLeakError:
         if report_path is not None:
-            write_json(report_path, {"status": "stopped on split leak", "split_leaks": {"policy": on_split_leak, "patients": split_leaks(splits)}})
+            write_json(report_path, {"status": "stopped on split leak",
+                                     "split_leaks": {"policy": on_split_leak, "patients": split_leaks(splits)}})
         raise
     splits, fraction_report = apply_label_fraction(splits, fraction=label_fraction, seed=seed)
     workers = workers or default_workers()
-    rows = [(split, name, Path(path)) for split, frame in splits.items() for name, path in zip(frame["image"], frame["path"])]
+    rows = [(split, name, Path(path))
+            for split, frame in splits.items() for name, path in zip(frame["image"], frame["path"])]
     # A folder left by an earlier run is replaced (DVC removes it before a rerun); one holding other files is refused.
     with atomic_path(out_dir, replace_dir=True) as tmp:
         for split in splits:
             (tmp / split).mkdir(parents=True)
         start = time.perf_counter()
-        outcomes = process_images([(src, tmp / split / f"{name}.png") for split, name, src in rows], settings, workers=workers)
+        outcomes = process_images([(src, tmp / split / f"{name}.png") for split, name, src in rows], settings,
+                                  workers=workers)
         seconds = time.perf_counter() - start
         bad = [
             {"split": split, "image": name, "path": str(src), "kind": out.kind, "message": out.message}
@@ -442,7 +453,8 @@ def build_processed_set(
                 write_json(report_path, {"status": "stopped on bad input", **report})
             raise _bad_image_error(bad, unlisted, len(rows), report_path)
         dropped = {(b["split"], b["image"]) for b in bad}
-        kept = {split: frame[[(split, name) not in dropped for name in frame["image"]]].reset_index(drop=True) for split, frame in splits.items()}
+        kept = {split: frame[[(split, name) not in dropped for name in frame["image"]]].reset_index(drop=True)
+                for split, frame in splits.items()}
         empty = [split for split in ("train", "val", "test") if kept[split].empty]
         if empty:
             raise ValueError(f"no images left in split(s) {empty} after leaving out {len(bad)} bad image(s)")
@@ -452,14 +464,18 @@ def build_processed_set(
         train_sums = [out.sums for (split, _, _), out in zip(rows, outcomes) if split == "train" and out.kind is None]
         pixels = sum(out.pixels for (split, _, _), out in zip(rows, outcomes) if split == "train" and out.kind is None)
         mean, std = _channel_stats(np.sum(train_sums, axis=0), pixels)
-        (tmp / "stats.json").write_text(json.dumps({"mean": mean, "std": std, "size": settings.size, "crop": crop_settings_record(settings)}, indent=2) + "\n")
+        (tmp / "stats.json").write_text(
+            json.dumps({"mean": mean, "std": std, "size": settings.size, "crop": crop_settings_record(settings)},
+                       indent=2) + "\n"
+        )
     balance = {split: label_balance(frame["level"]) for split, frame in kept.items() if split != "unlabeled"}
     write_json(balance_path, balance)
     counts = {split: len(frame) for split, frame in kept.items()}
     if report_path is not None:
         write_json(report_path, {"status": "ok", **report, "splits": counts})
     skipped = f", {len(bad)} bad image(s) left out" if bad else ""
-    print(f"processed {len(rows) - len(bad)} images into {out_dir} at {report['images_per_second']} images/s on {workers} worker(s): {counts}{skipped}")
+    print(f"processed {len(rows) - len(bad)} images into {out_dir} at {report['images_per_second']} images/s "
+          f"on {workers} worker(s): {counts}{skipped}")
     return counts
 
 

@@ -77,7 +77,8 @@ def rotation_pretrain(
     criterion = nn.CrossEntropyLoss()
     history = []
     for epoch in range(1, epochs + 1):
-        stats = train_one_epoch(model, loader, opt, schedule, criterion, device, desc=f"rotation {epoch}", target_fn=_rotate_batch, precision=precision)
+        stats = train_one_epoch(model, loader, opt, schedule, criterion, device, desc=f"rotation {epoch}",
+                                target_fn=_rotate_batch, precision=precision)
         history.append({"epoch": epoch, "pretext_loss": stats.loss, "pretext_acc": stats.acc})
         print(f"pretrain epoch {epoch}: rotation loss {stats.loss:.3f} acc {stats.acc:.3f} (chance 0.25)")
     return model, history
@@ -217,7 +218,8 @@ def check_pool(data_dir: str | os.PathLike[str]) -> None:
     found = []
     for split in ("val", "test"):
         patients = set(pd.read_csv(data_dir / f"{split}.csv", dtype={"image": str})["image"].map(patient_of))
-        found += [f"{image!r} (patient {patient_of(image)!r} is in {split})" for image in pool if patient_of(image) in patients]
+        found += [f"{image!r} (patient {patient_of(image)!r} is in {split})"
+                  for image in pool if patient_of(image) in patients]
     if found:
         raise ValueError(f"{data_dir / 'unlabeled.csv'}: {len(found)} pool image(s) of validation or test patients; "
                          f"rerun the preprocess stage (dvc repro preprocess):{listing(found)}")
@@ -267,8 +269,10 @@ def pretrain_backbone(
         if (Path(data_dir) / "unlabeled.csv").is_file():
             check_pool(data_dir)
             parts.append(processed_dataset(data_dir, "unlabeled", transform, labelled=False))
-        loader = make_loader(ConcatDataset(parts), batch_size=batch_size, train=True, num_workers=num_workers, generator=generator, device=dev)
-        common = dict(optimizer=optimizer, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum, device=dev, zero_init_residual=zero_init_residual, precision=resolved)
+        loader = make_loader(ConcatDataset(parts), batch_size=batch_size, train=True, num_workers=num_workers,
+                             generator=generator, device=dev)
+        common = dict(optimizer=optimizer, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                      device=dev, zero_init_residual=zero_init_residual, precision=resolved)
         if method == "rotation":
             model, history = rotation_pretrain(arch, loader, **common)
         else:

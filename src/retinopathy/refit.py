@@ -74,7 +74,8 @@ def fit_classifier(
         warnings.simplefilter("always", ConvergenceWarning)
         clf.fit(features, labels)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
-    info = {"c": c, "solver": SOLVER, "images": int(len(labels)), "iterations": int(np.max(clf.n_iter_)), "converged": converged}
+    info = {"c": c, "solver": SOLVER, "images": int(len(labels)), "iterations": int(np.max(clf.n_iter_)),
+            "converged": converged}
     return clf.coef_, clf.intercept_, info
 
 
@@ -101,10 +102,13 @@ def refit_classifier(
 
 
 def refit_on_training_images(
-    model: nn.Module, data_dir: str | os.PathLike[str], device: torch.device, *, mean: Sequence[float], std: Sequence[float],
+    model: nn.Module, data_dir: str | os.PathLike[str], device: torch.device, *, mean: Sequence[float],
+    std: Sequence[float],
     class_weights: np.ndarray | None, c: float, batch_size: int, num_workers: int = 0, precision: str = "fp32",
 ) -> dict[str, Any]:
-    """:func:`refit_classifier` on the processed set's training images, without augmentation (as evaluation sees them)."""
+    """:func:`refit_classifier` on the processed set's training images, without augmentation (as evaluation sees
+    them)."""
     dataset = processed_dataset(data_dir, "train", build_transform(mean=mean, std=std, train=False))
-    loader = make_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers, generator=None, device=device)
+    loader = make_loader(dataset, batch_size=batch_size, train=False, num_workers=num_workers, generator=None,
+                         device=device)
     return refit_classifier(model, loader, device, class_weights=class_weights, c=c, precision=precision)

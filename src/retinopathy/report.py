@@ -1,4 +1,5 @@
-"""Stage report: the study written up as the lab report it reproduces, from the committed outputs; it draws nothing itself.
+"""Stage report: the study written up as the lab report it reproduces, from the committed outputs; it draws nothing
+itself.
 
 Every number in it is read from the evaluate, compare and preprocess stages' files, and every
 conclusion follows its interval: where an interval spans 0 the report says "no detectable
@@ -31,15 +32,21 @@ def _results_table(evals: dict[str, list[dict]], compared: dict[str, Any]) -> li
         row = compared["variants"][variant]
         if len(runs) == 1:
             m = runs[0]
-            cells = [_ci(m["intervals"]["accuracy"]), _ci(m["intervals"]["kappa"]), _ci(m["intervals"]["macro_f1"]), _ci(m["referable"]["auc"])]
+            cells = [
+                _ci(m["intervals"]["accuracy"]), _ci(m["intervals"]["kappa"]), _ci(m["intervals"]["macro_f1"]),
+                _ci(m["referable"]["auc"]),
+            ]
         else:  # mean over seeds, and the seeds' standard deviation
-            cells = [f"{row[k]:.3f} (sd {row[k + '_sd']:.3f})" for k in ("accuracy", "kappa", "macro_f1", "referable_auc")]
+            cells = [
+                f"{row[k]:.3f} (sd {row[k + '_sd']:.3f})" for k in ("accuracy", "kappa", "macro_f1", "referable_auc")
+            ]
         lines.append(f"| {describe(variant)} | {len(runs)} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _screening_table(evals: dict[str, list[dict]], key: str) -> list[str]:
-    lines = ["| variant (seed) | AUC | high-sensitivity point: sensitivity / specificity | high-specificity point: sensitivity / specificity |",
+    lines = [("| variant (seed) | AUC | high-sensitivity point: sensitivity / specificity "
+              "| high-specificity point: sensitivity / specificity |"),
              "|---|---|---|---|"]
     for variant, runs in evals.items():
         for m in runs:
@@ -47,13 +54,17 @@ def _screening_table(evals: dict[str, list[dict]], key: str) -> list[str]:
             cells = []
             for point in ("high_sensitivity", "high_specificity"):
                 p = s["operating_points"].get(point, {})
-                cells.append(p["error"] if "error" in p else f"{_ci(p['test_sensitivity'])} / {_ci(p['test_specificity'])}")
+                cells.append(
+                    p["error"] if "error" in p else f"{_ci(p['test_sensitivity'])} / {_ci(p['test_specificity'])}"
+                )
             lines.append(f"| {describe(variant)} ({m['seed']}) | {_ci(s['auc'])} | " + " | ".join(cells) + " |")
     return lines
 
 
 def _setup_name(row: dict[str, Any]) -> str:
-    decode = {"argmax": "argmax", "expected": "expected grade, tuned cut-points", "cut-points": "tuned cut-points"}[row["decode"]]
+    decode = {
+        "argmax": "argmax", "expected": "expected grade, tuned cut-points", "cut-points": "tuned cut-points",
+    }[row["decode"]]
     return f"{decode}; TTA {row['tta']}; two-eye blend {'yes' if row['patient_blend'] else 'no'}"
 
 
@@ -68,10 +79,14 @@ def _blend_lines(evals: dict[str, list[dict]]) -> list[str]:
     first = next(iter(evals.values()))[0]["grading"]
     if not first["patient_blend"]:
         return []
-    lines = [f"Two-eye blend (logistic regressions on each eye's {first['blend'].get('inputs', 'outputs')} and its partner's, "
-             "fitted on the training images' outputs; the partner's weight is the ratio of its coefficients' norm to the eye's own):"]
+    lines = [f"Two-eye blend (logistic regressions on each eye's {first['blend'].get('inputs', 'outputs')} and its "
+             "partner's, fitted on the training images' outputs; the partner's weight is the ratio of its "
+             "coefficients' norm to the eye's own):"]
     for variant, runs in evals.items():
-        lines.append(f"- {describe(variant)}: " + "; ".join(f"seed {m['seed']}: {_blend_fit(m['grading']['blend'])}" for m in runs))
+        lines.append(
+            f"- {describe(variant)}: "
+            + "; ".join(f"seed {m['seed']}: {_blend_fit(m['grading']['blend'])}" for m in runs)
+        )
     return [*lines, ""]
 
 
@@ -79,20 +94,24 @@ def _blend_fit(blend: dict[str, Any]) -> str:
     """One model's blend record (retinopathy.decoding.PatientBlend.to_dict, or why it was not fitted), in words."""
     if not blend.get("fitted", True):
         return f"not fitted ({blend['reason']})"
-    return f"C {blend['c']:g}, {blend['paired_images']} paired images, partner's weight {blend['partner_to_own_weight']:.2f}"
+    return (
+        f"C {blend['c']:g}, {blend['paired_images']} paired images, "
+        f"partner's weight {blend['partner_to_own_weight']:.2f}"
+    )
 
 
 def _refit_lines(evals: dict[str, list[dict]]) -> list[str]:
     """What the classifier refit (retinopathy.refit) did to each model: validation QWK before and after."""
     lines = ["Classifier refit (last layer refitted on the frozen training features after the chosen epoch; "
-             "validation QWK with argmax, before -> after; used for selection: validation chose the epoch and the refit's C, "
-             "so these figures are in-sample and read high):"]
+             "validation QWK with argmax, before -> after; used for selection: validation chose the epoch and the "
+             "refit's C, so these figures are in-sample and read high):"]
     for variant, runs in evals.items():
         parts = []
         for m in runs:
             refit = m["grading"]["refit"]  # evaluation records it, with a reason when the model file has none
             if refit["applied"]:
-                parts.append(f"seed {m['seed']}: C {refit['c']:g}, {refit['val_kappa_before']:.3f} -> {refit['val_kappa_after']:.3f}"
+                parts.append(f"seed {m['seed']}: C {refit['c']:g}, "
+                             f"{refit['val_kappa_before']:.3f} -> {refit['val_kappa_after']:.3f}"
                              + ("" if refit["converged"] else " (not converged)"))
             else:
                 parts.append(f"seed {m['seed']}: not applied ({refit['reason']})")
@@ -108,7 +127,11 @@ def _stage_times(evals: dict[str, list[dict]], train_dir: Path | None, preproces
     for variant, runs in evals.items():
         for m in runs:
             key = f"{variant}-{m['seed']}"
-            summary = read_json(train_dir / f"{key}.json") if train_dir is not None and (train_dir / f"{key}.json").is_file() else {}
+            summary = (
+                read_json(train_dir / f"{key}.json")
+                if train_dir is not None and (train_dir / f"{key}.json").is_file()
+                else {}
+            )
             if "seconds" in summary:
                 lines.append(f"| train@{key} | {summary['seconds']:.1f} (epochs {summary['train_seconds']:.1f}) |")
             if "seconds" in m:
@@ -117,7 +140,8 @@ def _stage_times(evals: dict[str, list[dict]], train_dir: Path | None, preproces
 
 
 def _better(c: dict[str, Any]) -> str:
-    """``<better> better than <worse>``, for a difference whose interval excludes 0 (every metric here: higher is better)."""
+    """``<better> better than <worse>``, for a difference whose interval excludes 0 (every metric here: higher is
+    better)."""
     first, second = describe(c["first"]), describe(c["second"])
     better, worse = (first, second) if c["difference"] > 0 else (second, first)
     return f"{better} better than {worse}"
@@ -153,7 +177,9 @@ def _paired_table(compared: dict[str, Any]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in comparisons:
         df = [f"{c['df']:.1f}" if "df" in c else "-"] if with_df else []
-        lines.append("| " + " | ".join([c["question"], METRIC_NAMES[c["metric"]], _signed(c), *df, c["verdict"]]) + " |")
+        lines.append(
+            "| " + " | ".join([c["question"], METRIC_NAMES[c["metric"]], _signed(c), *df, c["verdict"]]) + " |"
+        )
     return lines
 
 
@@ -218,10 +244,13 @@ def write_report(
         "",
         "| split | images | grade 0 | grade 1 | grade 2 | grade 3 | grade 4 |",
         "|---|---|---|---|---|---|---|",
-        *[f"| {split} | {b['total']} | " + " | ".join(str(c) for c in b["counts"]) + " |" for split, b in balance.items()],
+        *[
+            f"| {split} | {b['total']} | " + " | ".join(str(c) for c in b["counts"]) + " |"
+            for split, b in balance.items()
+        ],
         "",
-        f"Test: {settings['test_images']} images of {settings['test_patients']} patients; every interval counts patients, "
-        "not eyes (a bootstrap resamples both eyes of a patient together).",
+        f"Test: {settings['test_images']} images of {settings['test_patients']} patients; every interval counts "
+        "patients, not eyes (a bootstrap resamples both eyes of a patient together).",
         "",
         "## Setup",
         "",
@@ -250,10 +279,15 @@ def write_report(
         "",
         "## Screening: referable DR (grade >= 2)",
         "",
-        f"Scored by {first['referable']['definition'].split('scored by ')[-1]}. Operating points chosen on the validation set "
-        f"(high sensitivity: the highest threshold with validation sensitivity >= {first['referable']['operating_points'].get('high_sensitivity', {}).get('target', {}).get('min_sensitivity', '?')}; "
-        f"high specificity: the lowest threshold with validation specificity >= {first['referable']['operating_points'].get('high_specificity', {}).get('target', {}).get('min_specificity', '?')}) "
-        f"and applied unchanged to test ({first['referable']['test_positives']} referable, {first['referable']['test_negatives']} not). "
+        f"Scored by {first['referable']['definition'].split('scored by ')[-1]}. Operating points chosen on the "
+        "validation set (high sensitivity: the highest threshold with validation sensitivity >= "
+        f"""{first['referable']['operating_points'].get('high_sensitivity', {})
+             .get('target', {}).get('min_sensitivity', '?')}; """
+        "high specificity: the lowest threshold with validation specificity >= "
+        f"""{first['referable']['operating_points'].get('high_specificity', {})
+             .get('target', {}).get('min_specificity', '?')}) """
+        f"and applied unchanged to test ({first['referable']['test_positives']} referable, "
+        f"{first['referable']['test_negatives']} not). "
         + _screening_note(first),
         "",
         *_screening_table(evals, "referable"),
@@ -273,8 +307,8 @@ def write_report(
         f" (test patients with one eye, graded from it alone: {first['grading']['test_patients_with_one_eye']}).",
         "",
         *_blend_lines(evals),
-        "Other ways of grading the same kind of model (decodings, TTA, the blend, the refit, over several seeds, compared "
-        "on held-out validation) are the grading study's: `make grading-study`, docs/grading.md.",
+        "Other ways of grading the same kind of model (decodings, TTA, the blend, the refit, over several seeds, "
+        "compared on held-out validation) are the grading study's: `make grading-study`, docs/grading.md.",
         "",
         "## Confusion matrices",
         "",

@@ -72,13 +72,15 @@ def load_runs(
                 key = f"{variant}-{seed}"
                 predictions_path = Path(predictions_dir) / f"{key}.csv"
                 if not predictions_path.is_file():
-                    raise FileNotFoundError(f"{predictions_path} is missing: run the evaluate stage (dvc repro evaluate@{key})")
+                    raise FileNotFoundError(f"{predictions_path} is missing: run the evaluate stage "
+                                            f"(dvc repro evaluate@{key})")
                 predictions = pd.read_csv(predictions_path, dtype={"image": str, "patient": str})
                 images = predictions["image"].tolist()
                 if reference is None:
                     reference = images
                 elif images != reference:
-                    raise ValueError(f"{predictions_path} covers other test images (or another order) than the first run: rerun evaluate")
+                    raise ValueError(f"{predictions_path} covers other test images (or another order) than the "
+                                     "first run: rerun evaluate")
                 run = Run(variant, int(seed), read_json(Path(eval_dir) / f"{key}.json"), predictions)
                 if train_dir is not None:
                     run.summary = read_json(Path(train_dir) / f"{key}.json")

@@ -43,7 +43,9 @@ class SourceError(ValueError):
     """One or more problems in a data set's label tables; the message lists each of them."""
 
 
-def _finish(tables: dict[str, pd.DataFrame], problems: list[str], root: Path, layout: Layout) -> dict[str, pd.DataFrame]:
+def _finish(
+    tables: dict[str, pd.DataFrame], problems: list[str], root: Path, layout: Layout
+) -> dict[str, pd.DataFrame]:
     """Raise every problem at once, else make levels int and add each row's image path."""
     labelled = [name for name in tables if name != "unlabeled"]
     splits = list(tables)

@@ -40,7 +40,8 @@ def write_start_point(
         raise ValueError(f"start point source {source!r}; choose one of {list(START_SOURCES)}")
     if (state is None) != (source == "scratch"):
         raise ValueError(f"a {source} start point {'needs' if state is None else 'has no'} backbone weights")
-    meta = {"arch": arch, "source": source, "mean": [float(m) for m in mean], "std": [float(s) for s in std], **(record or {})}
+    meta = {"arch": arch, "source": source, "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+            **(record or {})}
     # An earlier start point is replaced; a folder holding other files is refused (retinopathy.utils.atomic_path).
     with atomic_path(path, replace_dir=True) as tmp:
         tmp.mkdir()
@@ -59,7 +60,8 @@ def read_start_point(path: str | os.PathLike[str], *, arch: str) -> dict[str, An
     path = Path(path)
     meta_path = path / "start.json"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"start point not found: {meta_path} (run the pretrain stage: dvc repro pretrain@{arch})")
+        raise FileNotFoundError(f"start point not found: {meta_path} "
+                                f"(run the pretrain stage: dvc repro pretrain@{arch})")
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:

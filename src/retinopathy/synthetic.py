@@ -19,8 +19,9 @@ Lesions are drawn a little larger than life so they survive downsampling to 64 p
 Shortcut guard: every nuisance factor (brightness, colour cast, haze, blur, sensor noise, aspect
 ratio, FOV size and cut-off, disc position, vessel layout) is drawn *before* the lesions and never
 looks at the grade: the camera factors from a :class:`Camera` (shared by both eyes of a patient, as
-one screening visit shares camera, exposure and colour cast), the anatomy from ``rng``. So the grade can only be learnt from the lesions, and the
-same rng state gives the same eye at every grade, differing only in its lesions.
+one screening visit shares camera, exposure and colour cast), the anatomy from ``rng``. So the grade
+can only be learnt from the lesions, and the same rng state gives the same eye at every grade,
+differing only in its lesions.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["GRADE_PROPORTIONS", "EYE_AGREEMENT", "Camera", "draw_camera", "pair_grades", "sample_grades", "render_fundus"]
+__all__ = [
+    "GRADE_PROPORTIONS", "EYE_AGREEMENT", "Camera", "draw_camera", "pair_grades", "sample_grades", "render_fundus",
+]
 
 GRADE_PROPORTIONS: tuple[float, ...] = (0.735, 0.07, 0.15, 0.025, 0.02)  # EyePACS-like class mix, grades 0..4
 

@@ -30,7 +30,6 @@ from retinopathy.metrics import accuracy, quadratic_weighted_kappa
 from retinopathy.precision import autocast
 from retinopathy.resume import ResumeCheckpoint, rng_state, set_rng_state
 
-
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 SELECT_ON = ("kappa", "accuracy", "loss")
@@ -52,7 +51,8 @@ class TrainConfig:
     num_workers: int = 0
     seed: int = 0
     compile: bool = False  # torch.compile the model: faster steps on CUDA after a compile warm-up
-    precision: str = "fp32"  # auto | fp32 | bf16 | fp16; train_variant resolves auto for its device (retinopathy.precision)
+    # auto | fp32 | bf16 | fp16; train_variant resolves auto for its device (retinopathy.precision)
+    precision: str = "fp32"
     sync_bn: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
     head: str = "classification"  # classification (5 logits, cross-entropy) | regression (1 output, smooth L1)
     decode: str = "argmax"  # argmax | expected (classification): how outputs become grades (retinopathy.decoding)
@@ -116,12 +116,16 @@ def make_optimizer(
     raise ValueError(f"optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
-def make_schedule(name: str, optimizer: torch.optim.Optimizer, *, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def make_schedule(
+    name: str, optimizer: torch.optim.Optimizer, *, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-step schedule: ``constant``, ``cosine`` decay to zero, or ``step`` (x0.1 at 50% and 75%)."""
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     if name == "cosine":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(total_steps, 1))))
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / max(total_steps, 1)))
+        )
     if name == "step":
         milestones = [int(total_steps * 0.5), int(total_steps * 0.75)]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
@@ -169,7 +173,8 @@ def make_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler | 
 
 
 def prepare_model(
-    model: nn.Module, device: torch.device, *, world: Distributed = SINGLE, compile_model: bool = False, sync_bn: bool = False
+    model: nn.Module, device: torch.device, *, world: Distributed = SINGLE, compile_model: bool = False,
+    sync_bn: bool = False,
 ) -> tuple[nn.Module, nn.Module]:
     """Move ``model`` to ``device`` and wrap it for speed (CUDA, compile) and scale (DDP).
 
@@ -186,7 +191,9 @@ def prepare_model(
         torch.backends.cudnn.benchmark = True
     if sync_bn and world.enabled:
         if device.type != "cuda":
-            raise ValueError("sync_bn: true needs CUDA (torch's SyncBatchNorm runs on GPUs only); set sync_bn: false for CPU runs")
+            raise ValueError(
+                "sync_bn: true needs CUDA (torch's SyncBatchNorm runs on GPUs only); set sync_bn: false for CPU runs"
+            )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if device.type == "cuda":
@@ -259,8 +266,8 @@ def train_one_epoch(
 
 
 def evaluate_split(
-    model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module, *, desc: str, precision: str = "fp32",
-    head: str = "classification",
+    model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module, *, desc: str,
+    precision: str = "fp32", head: str = "classification",
 ) -> EpochStats:
     """Loss, accuracy and quadratic weighted kappa of the model on one split.
 
@@ -270,7 +277,10 @@ def evaluate_split(
     raw, labels = predict(model, loader, device, precision=precision, desc=desc, head=head)
     outputs, targets = torch.from_numpy(raw), torch.from_numpy(labels).long()
     # Classification outputs are probabilities: the loss is the NLL of their log, i.e. the cross-entropy.
-    loss = (criterion(torch.log(outputs.clamp_min(1e-12)), targets) if head == "classification" else criterion(outputs, targets)).item()
+    loss = (
+        criterion(torch.log(outputs.clamp_min(1e-12)), targets) if head == "classification"
+        else criterion(outputs, targets)
+    ).item()
     preds = Decoder(head=head).grades(raw)
     return EpochStats(loss=loss, acc=accuracy(labels, preds), kappa=quadratic_weighted_kappa(labels, preds))
 
@@ -302,14 +312,18 @@ def fit(
     raw, net = prepare_model(model, device, world=world, compile_model=config.compile, sync_bn=config.sync_bn)
     # Rank 0 evaluates alone, so not through DDP, whose forward may wait for the other processes.
     eval_net = raw if world.enabled else net
-    optimizer = make_optimizer(config.optimizer, raw, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(
+        config.optimizer, raw, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
     schedule = make_schedule(config.lr_schedule, optimizer, total_steps=config.epochs * len(train_loader))
     scaler = make_scaler(device, config.precision)
     criterion = make_criterion(config.head, None if weights is None else weights.to(device))
     # Validation and test losses carry the same class weights as the training loss, so the three
     # curves measure one quantity (training's is on augmented images, in training mode).
     cpu_weights = None if weights is None else weights.to("cpu")
-    eval_criterion = nn.NLLLoss(weight=cpu_weights) if config.head == "classification" else WeightedSmoothL1(cpu_weights)
+    eval_criterion = (
+        nn.NLLLoss(weight=cpu_weights) if config.head == "classification" else WeightedSmoothL1(cpu_weights)
+    )
 
     best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(raw.state_dict())
     history: list[dict[str, float]] = []
@@ -329,18 +343,31 @@ def fit(
         if world.is_main:
             tqdm.write(f"resuming after epoch {done} of {config.epochs} from {resume.path}")
 
-    epochs = _progress(range(done + 1, config.epochs + 1), world, initial=done, total=config.epochs, desc="epochs", unit="epoch")
+    epochs = _progress(
+        range(done + 1, config.epochs + 1), world, initial=done, total=config.epochs, desc="epochs", unit="epoch"
+    )
     for epoch in epochs:
         start = time.perf_counter()
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
-        tr = train_one_epoch(net, train_loader, optimizer, schedule, criterion, device, scaler=scaler, desc=f"train {epoch}", world=world, precision=config.precision)
+        tr = train_one_epoch(
+            net, train_loader, optimizer, schedule, criterion, device, scaler=scaler, desc=f"train {epoch}",
+            world=world, precision=config.precision,
+        )
         row: dict[str, float] = {}
         if world.is_main:
-            va = evaluate_split(eval_net, val_loader, device, eval_criterion, desc="val", precision=config.precision, head=config.head)
-            row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc, "val_loss": va.loss, "val_acc": va.acc, "val_kappa": va.kappa}
+            va = evaluate_split(
+                eval_net, val_loader, device, eval_criterion, desc="val", precision=config.precision, head=config.head
+            )
+            row = {
+                "epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc,
+                "val_loss": va.loss, "val_acc": va.acc, "val_kappa": va.kappa,
+            }
             if test_loader is not None:
-                te = evaluate_split(eval_net, test_loader, device, eval_criterion, desc="test", precision=config.precision, head=config.head)
+                te = evaluate_split(
+                    eval_net, test_loader, device, eval_criterion, desc="test", precision=config.precision,
+                    head=config.head,
+                )
                 row.update(test_loss=te.loss, test_acc=te.acc, test_kappa=te.kappa)
             history.append(row)
             score = {"kappa": va.kappa, "accuracy": va.acc, "loss": -va.loss}[config.select_on]
@@ -370,7 +397,8 @@ def fit(
             if on_epoch is not None:
                 on_epoch(epoch, row)
             tqdm.write(
-                f"epoch {epoch}: train loss {tr.loss:.3f} acc {tr.acc:.3f} | val acc {row['val_acc']:.3f} kappa {row['val_kappa']:.3f}"
+                f"epoch {epoch}: train loss {tr.loss:.3f} acc {tr.acc:.3f} | "
+                f"val acc {row['val_acc']:.3f} kappa {row['val_kappa']:.3f}"
                 + (f" | test acc {row['test_acc']:.3f}" if test_loader is not None else "")
             )
     return FitResult(best_state=best_state, best_epoch=best_epoch, history=history, seconds=seconds)

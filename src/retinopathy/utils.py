@@ -1,4 +1,5 @@
-"""Small shared helpers: seeding, device choice, atomic file and directory writes that never remove what they did not write."""
+"""Small shared helpers: seeding, device choice, atomic file and directory writes that never remove what they did
+not write."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used, so stages that never touch a tensor do not load it
+    import torch
 
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch from one integer; return a torch Generator for DataLoaders."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -36,6 +41,8 @@ def select_device(requested: str = "auto") -> torch.device:
         DeviceUnavailableError: naming ``requested`` when it is a CUDA device torch cannot see.
         ValueError: naming ``requested`` when it is no device name at all.
     """
+    import torch
+
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -43,9 +50,13 @@ def select_device(requested: str = "auto") -> torch.device:
     except RuntimeError as exc:  # torch's word for a string that names no device
         raise ValueError(f"unknown device {requested!r}; choose auto, cpu, cuda or cuda:N") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(f"device {requested!r} was asked for, but torch sees no CUDA device (use cpu or auto)")
+        raise DeviceUnavailableError(
+            f"device {requested!r} was asked for, but torch sees no CUDA device (use cpu or auto)"
+        )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise DeviceUnavailableError(f"device {requested!r} was asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+        raise DeviceUnavailableError(
+            f"device {requested!r} was asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)"
+        )
     return device
 
 
@@ -62,7 +73,9 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
-def check_outputs_apart(outputs: Sequence[tuple[str, str | os.PathLike[str]]], others: Sequence[tuple[str, str | os.PathLike[str]]]) -> None:
+def check_outputs_apart(
+    outputs: Sequence[tuple[str, str | os.PathLike[str]]], others: Sequence[tuple[str, str | os.PathLike[str]]]
+) -> None:
     """Refuse an output that is, lies inside or contains another output or one of ``others`` (the inputs, a model file).
 
     Each item is ``(what it is, path)``; ``what`` names it in the error (``"--out"``, ``"input folder"``).
@@ -86,8 +99,8 @@ def check_outputs_apart(outputs: Sequence[tuple[str, str | os.PathLike[str]]], o
                 relation = "contains"
             else:
                 continue
-            raise OutputPathError(f"{what} {path} {relation} {other_what} {other}: an output never goes over, into or around "
-                                  f"an input, the model or another output; nothing was written")
+            raise OutputPathError(f"{what} {path} {relation} {other_what} {other}: an output never goes over, into "
+                                  f"or around an input, the model or another output; nothing was written")
 
 
 def _files_under(root: Path) -> set[Path]:
@@ -132,7 +145,8 @@ def _directory_refused(path: Path) -> IsADirectoryError:
 
 
 def _replace(target: Path, path: Path, *, replace_dir: bool, aside: Path) -> None:
-    """``os.replace(target, path)``; an existing directory at ``path`` is first moved to ``aside`` (see :func:`atomic_path`).
+    """``os.replace(target, path)``; an existing directory at ``path`` is first moved to ``aside``
+    (see :func:`atomic_path`).
 
     The old directory is moved, not deleted, until the new one is in place: if the rename fails it is put back.
     """
@@ -144,8 +158,8 @@ def _replace(target: Path, path: Path, *, replace_dir: bool, aside: Path) -> Non
     foreign = sorted(map(str, _files_under(path) - _files_under(target)))
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
-        raise IsADirectoryError(f"{path} exists and holds files this run would not write ({shown}); it is left as it is "
-                                f"and nothing was written (remove it, or move those files, and run again)")
+        raise IsADirectoryError(f"{path} exists and holds files this run would not write ({shown}); it is left as it "
+                                f"is and nothing was written (remove it, or move those files, and run again)")
     os.replace(path, aside)
     try:
         os.replace(target, path)
@@ -168,12 +182,16 @@ def write_csv(path: str | os.PathLike[str], frame: "Any", **kwargs: Any) -> None
 
 def save_checkpoint(path: str | os.PathLike[str], checkpoint: dict[str, Any]) -> None:
     """``torch.save`` a checkpoint dict, atomically."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint written by :func:`save_checkpoint`, naming the file on failure."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")

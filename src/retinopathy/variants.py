@@ -13,8 +13,8 @@ import pandas as pd
 import torch
 
 from retinopathy.data import build_transform, class_weight_values, make_loader, processed_dataset, read_stats
-from retinopathy.distributed import broadcast, distributed_sampler, init_distributed, shutdown_distributed
 from retinopathy.decoding import Decoder, head_outputs
+from retinopathy.distributed import broadcast, distributed_sampler, init_distributed, shutdown_distributed
 from retinopathy.inference import model_metadata, predict
 from retinopathy.metrics import quadratic_weighted_kappa
 from retinopathy.models import build_model, load_backbone
@@ -80,7 +80,8 @@ def train_variant(
     config = replace(config, precision=precision)
     try:
         if config.batch_size % world.world_size:
-            raise ValueError(f"batch_size {config.batch_size} must be divisible by nproc {world.world_size}: each process takes an equal share of every batch")
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by nproc {world.world_size}: "
+                             "each process takes an equal share of every batch")
         crop = crop_record(data_dir)  # before training, so an old processed set stops the run at once
         if refit and not refit_c > 0:
             raise ValueError(f"refit_c must be positive, got {refit_c!r}")
@@ -97,7 +98,8 @@ def train_variant(
             start = {"source": "scratch", "mean": stats["mean"], "std": stats["std"], "state_dict": None}
         if pretrained != (start["source"] != "scratch"):
             what = "has no backbone weights" if pretrained else f"holds {start['source']} weights"
-            raise ValueError(f"the {'pretrained' if pretrained else 'from-scratch'} {arch} variant was given start point {start_path}, which {what}")
+            raise ValueError(f"the {'pretrained' if pretrained else 'from-scratch'} {arch} variant was given "
+                             f"start point {start_path}, which {what}")
         if start["state_dict"] is not None:
             load_backbone(model, start["state_dict"], source=str(start_path))
         mean, std = start["mean"], start["std"]
@@ -106,7 +108,10 @@ def train_variant(
             generator = seed_everything(config.seed + world.rank)
         train_tf = build_transform(mean=mean, std=std, train=True, hflip=flip, vflip=flip, rotation=rotation)
         eval_tf = build_transform(mean=mean, std=std, train=False)
-        datasets = {"train": processed_dataset(data_dir, "train", train_tf), **{split: processed_dataset(data_dir, split, eval_tf) for split in ("val", "test")}}
+        datasets = {
+            "train": processed_dataset(data_dir, "train", train_tf),
+            **{split: processed_dataset(data_dir, split, eval_tf) for split in ("val", "test")},
+        }
         train_ds = datasets["train"]
         loaders = {
             "train": make_loader(
@@ -114,7 +119,8 @@ def train_variant(
                 generator=generator, device=dev, sampler=distributed_sampler(train_ds, world, seed=config.seed),
             ),
             **{
-                split: make_loader(datasets[split], batch_size=config.batch_size, train=False, num_workers=config.num_workers, generator=None, device=dev)
+                split: make_loader(datasets[split], batch_size=config.batch_size, train=False,
+                                   num_workers=config.num_workers, generator=None, device=dev)
                 for split in ("val", "test")
             },
         }
@@ -153,11 +159,15 @@ def train_variant(
             if not refit:
                 refit_record: dict = {"applied": False, "reason": "refit_classifier is false"}
             elif config.head != "classification":
-                refit_record = {"applied": False, "reason": f"{config.head} head (only a classification head is refitted)"}
+                refit_record = {"applied": False,
+                                "reason": f"{config.head} head (only a classification head is refitted)"}
             else:
-                refit_record = refit_on_training_images(model, data_dir, dev, mean=mean, std=std, class_weights=weights, c=refit_c,
-                                                        batch_size=config.batch_size, num_workers=config.num_workers, precision=precision)
-            val_raw, val_labels = predict(model, loaders["val"], dev, precision=precision, desc="val (decoding)", head=config.head)
+                refit_record = refit_on_training_images(model, data_dir, dev, mean=mean, std=std,
+                                                        class_weights=weights, c=refit_c,
+                                                        batch_size=config.batch_size, num_workers=config.num_workers,
+                                                        precision=precision)
+            val_raw, val_labels = predict(model, loaders["val"], dev, precision=precision, desc="val (decoding)",
+                                          head=config.head)
             if refit_record["applied"]:
                 refit_record["val_kappa_before"] = round(float(best["val_kappa"]), 4)
                 refit_record["val_kappa_after"] = round(quadratic_weighted_kappa(val_labels, val_raw.argmax(1)), 4)
@@ -186,11 +196,13 @@ def train_variant(
                 **({"processes": world.world_size} if world.enabled else {}),
             }
             # Self-describing: the metadata lets `retinopathy predict` grade a raw photograph with this file alone.
-            meta = model_metadata(arch, mean=mean, std=std, crop=crop, precision=precision, data_fingerprint=data_fingerprint(data_dir), decoder=decoder)
+            meta = model_metadata(arch, mean=mean, std=std, crop=crop, precision=precision,
+                                  data_fingerprint=data_fingerprint(data_dir), decoder=decoder)
             save_checkpoint(
                 model_out,
-                {**meta, "arch": arch, "pretrained": pretrained, "state_dict": state, "mean": mean, "std": std, "best_epoch": result.best_epoch,
-                 "config": asdict(config), "refit": refit_record, "precision": precision, "hardware": hardware(dev)},
+                {**meta, "arch": arch, "pretrained": pretrained, "state_dict": state, "mean": mean, "std": std,
+                 "best_epoch": result.best_epoch, "config": asdict(config), "refit": refit_record,
+                 "precision": precision, "hardware": hardware(dev)},
             )
             write_csv(history_out, history.round(5), sep="\t")
             write_json(summary_out, summary)

@@ -24,9 +24,11 @@ def main() -> None:
 
     # The network comes from the command line (the stage's name); only refit and blend_c from the study's params.
     refits, blend_cs = read_arms(load_params(args.study_params))
-    axes = StudyAxes(arch=args.arch, pretrained=args.pretrained == "true", seeds=(args.seed,), refits=refits, blend_cs=blend_cs)
+    axes = StudyAxes(arch=args.arch, pretrained=args.pretrained == "true", seeds=(args.seed,), refits=refits,
+                     blend_cs=blend_cs)
     layout, name = StudyLayout(Path(args.study)), axes.network(args.seed)
-    record, predictions = grade_network(layout.model(name), args.data, axes, settings=grade_settings(load_params(args.params)))
+    record, predictions = grade_network(layout.model(name), args.data, axes,
+                                        settings=grade_settings(load_params(args.params)))
     write_grading(layout, name, record, predictions)
     for arm in record["arms"]:
         scores = arm.get("error") or f"val QWK {arm['val']['kappa']:.3f}, test QWK {arm['test']['kappa']:.3f}"

@@ -1,4 +1,5 @@
-"""Stage train@<seed> of the grading study: one network trained as the project's train stage trains it, without the refit."""
+"""Stage train@<seed> of the grading study: one network trained as the project's train stage trains it, without the
+refit."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--arch", required=True, choices=sorted(ARCHITECTURES))
     parser.add_argument("--pretrained", required=True, choices=["true", "false"])
-    parser.add_argument("--seed", required=True, type=int, help="training seed: initial head/weights, shuffling, augmentation")
+    parser.add_argument("--seed", required=True, type=int,
+                        help="training seed: initial head/weights, shuffling, augmentation")
     parser.add_argument("--params", default="params.yaml", help="the project's params (training settings)")
     parser.add_argument("--data", default="data/processed")
-    parser.add_argument("--start", default="models/start", help="folder of the main pipeline's start points <arch>-<pretrained>")
+    parser.add_argument("--start", default="models/start",
+                        help="folder of the main pipeline's start points <arch>-<pretrained>")
     parser.add_argument("--study", default="studies/grading", help="folder the study's stages write under")
     args = parser.parse_args()
 
@@ -36,7 +39,8 @@ def main() -> None:
     summary = train_network(params, axes, args.seed, data_dir=args.data, start_dir=args.start,
                             layout=StudyLayout(Path(args.study)))
     if os.environ.get("RANK", "0") == "0":
-        print(f"{axes.network(args.seed)}: best epoch {summary['best_epoch']}, val kappa {summary['val_kappa']} (no refit)")
+        print(f"{axes.network(args.seed)}: best epoch {summary['best_epoch']}, val kappa {summary['val_kappa']} "
+              "(no refit)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage summarize of the label-efficiency study: table (CSV, markdown) and figure of test QWK against labelled images."""
+"""Stage summarize of the label-efficiency study: table (CSV, markdown) and figure of test QWK against labelled
+images."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ def main() -> None:
     fractions, seeds = get(params, "fractions", list), get(params, "seeds", list)
     table = summarize_study(fractions, seeds, layout=StudyLayout(Path(args.study)), settings=settings)
     paths = write_study(table, args.out, seeds=seeds, settings=settings)
-    columns = ["fraction", "train_images", "pretrained_qwk", "scratch_qwk", "difference", "difference_low", "difference_high"]
+    columns = ["fraction", "train_images", "pretrained_qwk", "scratch_qwk", "difference", "difference_low",
+               "difference_high"]
     print(table[columns].to_string(index=False))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
