@@ -86,7 +86,14 @@ def cpu_flags(monkeypatch: pytest.MonkeyPatch) -> Callable[[set[str]], None]:
     return report
 
 
+# Module order under `make test` (xdist, one module per worker at a time, in this order). tests/test_pipeline.py
+# is the longest chain, so one worker starts it at once and builds the reproduced repository; the other takes
+# about as long in other modules (roughly two minutes on 2 cores) before tests/test_pipeline_params.py needs that
+# repository, then the rest follow.
+FIRST = ["test_pipeline.py", "test_scaling.py", "test_decoding.py", "test_cli.py", "test_pipeline_params.py"]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Collect the end-to-end DVC module first: it is the suite's longest chain, so under `make test`
-    (two xdist workers, one module each at a time) one worker starts it at once and the other takes the rest."""
-    items.sort(key=lambda item: item.path.name != "test_pipeline.py")
+    """Collect the modules of ``FIRST`` first, in that order; the rest keep pytest's order."""
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))

@@ -9,7 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+from filelock import FileLock
 
 
 def run(args: list[str], cwd: Path) -> str:
@@ -57,3 +59,24 @@ def tiny_repo(path: Path) -> Path:
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "init"], path)
     run(["dvc", "init", "-q"], path)
     return path
+
+
+def reproduced_repo(factory: pytest.TempPathFactory, name: str) -> Path:
+    """A private copy of one tiny repository reproduced once per test run, with the log of that first
+    `dvc repro` in ``first.log``.
+
+    Under xdist the workers share the first repository (built by whichever needs it first, the others
+    wait on a lock), so the modules that change params start from it on two workers at once.
+    """
+    temp = factory.getbasetemp()
+    shared = temp.parent if os.environ.get("PYTEST_XDIST_WORKER") else temp
+    base = shared / "reproduced"
+    with FileLock(str(shared / "reproduced.lock")):
+        if not (base / "first.log").is_file():
+            shutil.rmtree(base, ignore_errors=True)
+            base.mkdir()
+            tiny_repo(base)
+            (base / "first.log").write_text(run(["dvc", "repro"], base))  # written last: marks the copy complete
+    copy = factory.mktemp(name) / "repo"
+    shutil.copytree(base, copy, symlinks=True)
+    return copy

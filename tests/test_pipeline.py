@@ -1,4 +1,5 @@
-"""The real dvc.yaml, end to end on tiny params in a temporary git repository."""
+"""The real dvc.yaml, end to end on tiny params in a temporary git repository: the first run, a rerun,
+adding a seed, a train stage run twice. Changing params is tests/test_pipeline_params.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvc_repo import run, stages_run, tiny_repo
+from dvc_repo import reproduced_repo, run, stages_run
 
 VARIANTS = ["resnet18-true-42", "resnet18-false-42", "resnet50-true-42", "resnet50-false-42"]
 AGGREGATES = {"compare", "plot", "report"}
@@ -20,9 +21,7 @@ AGGREGATES = {"compare", "plot", "report"}
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A git + DVC repository holding the project's pipeline with tiny params, reproduced once."""
-    path = tiny_repo(tmp_path_factory.mktemp("repo"))
-    path.joinpath("first.log").write_text(run(["dvc", "repro"], path))
-    return path
+    return reproduced_repo(tmp_path_factory, "pipeline")
 
 
 def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path) -> None:
@@ -78,25 +77,6 @@ def test_adding_a_seed_runs_only_that_seeds_stages_and_the_aggregates(repo: Path
     compared = json.loads((repo / "metrics" / "compare.json").read_text())
     assert compared["variants"]["resnet18-true"]["seeds"] == [42, 7]
     assert all(c["seeds_a"] == 2 and c["seeds_b"] == 2 for c in compared["comparisons"])
-
-
-def test_changing_lr_reruns_only_train_evaluate_and_the_aggregates(repo: Path) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["lr"] = 0.0005
-    params["seeds"] = [42]
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ran = stages_run(run(["dvc", "repro"], repo))
-    assert ran == {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS} | AGGREGATES
-
-
-def test_changing_pretraining_leaves_the_scratch_variants_alone(repo: Path) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["pretrain"]["lr"] = 0.02
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    ran = stages_run(run(["dvc", "repro"], repo))
-    assert "synthesize" not in ran and "preprocess" not in ran
-    assert {"pretrain@resnet18", "pretrain@resnet50", "train@resnet18-true-42", "train@resnet50-true-42"} <= ran
-    assert not ran & {"train@resnet18-false-42", "train@resnet50-false-42", "evaluate@resnet18-false-42"}
 
 
 def test_stage_with_a_missing_params_key_fails_naming_it(repo: Path) -> None:
