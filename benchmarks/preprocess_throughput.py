@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from retinopathy.precision import cpu_info
 from retinopathy.preprocessing import CropSettings, default_workers, process_images
 
 
@@ -55,17 +55,6 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def cpu_name() -> str:
-    """The CPU model as the kernel reports it, else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=60)
@@ -92,7 +81,7 @@ def main() -> None:
         pairs = [(src, dst_dir / f"{src.stem}.png") for src in sources]
         print(f"{args.images} JPEGs of {args.width}x{args.height} ({megabytes:.2f} MB each) -> {args.size} px PNG")
         load = f", load average {os.getloadavg()[0]:.1f} before timing" if hasattr(os, "getloadavg") else ""
-        print(f"{cpu_name()}, {cores} core(s) available{load}")
+        print(f"{cpu_info()[0]}, {cores} core(s) available{load}")
         print(f"{'workers':>7}  {'jpeg draft':>10}  {'seconds':>8}  {'images/s':>8}  {'CPU s/image':>11}")
         for draft in (True, False):
             for workers in worker_counts:

@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from retinopathy.precision import NATIVE_BF16_FLAGS, cpu_info
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["synthesize", "preprocess", "pretrain", "train", "evaluate", "compare", "plot", "report"]
 HEAVY = ("torch", "torchvision", "sklearn", "scipy.stats", "matplotlib", "pandas", "onnxruntime", "torchcam")
@@ -31,7 +33,6 @@ try:
     runpy.run_path({script!r}, run_name="__main__")
 except SystemExit:
     pass
-sys.stdout = sys.__stdout__
 print("LOADED", ",".join(m for m in {heavy!r} if m in sys.modules))
 """
 
@@ -49,22 +50,13 @@ def measure(name: str, repeats: int) -> tuple[float, str]:
     return statistics.median(times), loaded.strip() or "-"
 
 
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo, or the platform's word for it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"Machine: {cpu_model()}; Python {platform.python_version()}. "
+    model, flags = cpu_info()
+    native = ", ".join(sorted(flags & set(NATIVE_BF16_FLAGS))) or "none"
+    print(f"Machine: {model} (native bf16 flags: {native}); Python {platform.python_version()}. "
           f"Median of {args.repeats} runs of `python stages/<name>.py --help`.\n")
     print("| stage | start-up + imports (s) | heavy libraries loaded |")
     print("|---|---|---|")

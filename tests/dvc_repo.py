@@ -31,6 +31,9 @@ def stages_run(output: str) -> set[str]:
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# The train/evaluate keys of the tiny repository (seeds [42]), and the stages that read every variant.
+VARIANTS = ["resnet18-true-42", "resnet18-false-42", "resnet50-true-42", "resnet50-false-42"]
+AGGREGATES = {"compare", "plot", "report"}
 
 
 def tiny_params() -> dict:

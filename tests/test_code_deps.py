@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,28 @@ def test_a_removed_code_dep_is_reported(tmp_path: Path, stage: str) -> None:
     reported = {line.split(":")[0] for line in problems}
     expected = {name for name in declared_code(tmp_path) if name.startswith(f"{stage}@")}
     assert reported == expected and len(expected) >= 2
+
+
+def _loaded(modules: list[str], watched: list[str]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter holds after importing ``modules``."""
+    code = f"import sys, {', '.join(modules)}; print(sorted(m for m in {tuple(watched)!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return ast.literal_eval(done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("modules", "watched"),
+    [
+        # Training and evaluation: scikit-learn and matplotlib only where a refit or a figure needs them.
+        (["retinopathy.evaluation", "retinopathy.variants", "retinopathy.pretraining"],
+         ["torchvision", "sklearn", "matplotlib"]),
+        # synthesize, compare, plot and report never touch a tensor: torch alone costs seconds per stage.
+        (["retinopathy.embedded", "retinopathy.comparison", "retinopathy.figures", "retinopathy.report",
+          "retinopathy.plotting"], ["torch", "torchvision", "sklearn"]),
+    ],
+    ids=["training-and-evaluation", "stages-without-tensors"],
+)
+def test_importing_a_stage_module_loads_none_of_the_libraries_it_does_not_use(
+    modules: list[str], watched: list[str]
+) -> None:
+    assert _loaded(modules, watched) == []

@@ -302,16 +302,6 @@ def test_transforms_match_torchvisions_bit_for_bit_under_the_same_seed(train: bo
         assert not all(torch.equal(a, b) for a, b in zip(expected, [ours(image) for image in images]))
 
 
-def test_importing_the_training_and_evaluation_modules_loads_neither_torchvision_nor_scikit_learn() -> None:
-    import subprocess
-    import sys
-
-    code = ("import sys, retinopathy.evaluation, retinopathy.variants, retinopathy.pretraining; "
-            "print(sorted(m for m in ('torchvision', 'sklearn', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
-
-
 @pytest.mark.parametrize("name", ["../secret", "/etc/passwd", "clinicA/../../x"])
 def test_an_image_name_leaving_the_image_folder_is_refused_naming_its_row(name: str) -> None:
     from retinopathy.data import table_problems

@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dvc_repo import reproduced_repo, run, stages_run
-
-VARIANTS = ["resnet18-true-42", "resnet18-false-42", "resnet50-true-42", "resnet50-false-42"]
-AGGREGATES = {"compare", "plot", "report"}
+from dvc_repo import AGGREGATES, VARIANTS, reproduced_repo, run, stages_run
 
 
 @pytest.fixture(scope="module")

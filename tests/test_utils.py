@@ -127,15 +127,3 @@ def test_a_string_that_names_no_device_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="unknown device 'gpu'"):
         select_device("gpu")
     assert select_device("cpu") == torch.device("cpu")
-
-
-def test_the_stages_that_never_touch_a_tensor_do_not_import_torch() -> None:
-    """synthesize, compare, plot and report import only their own modules: torch alone costs seconds per stage."""
-    import subprocess
-    import sys
-
-    code = ("import sys, retinopathy.embedded, retinopathy.comparison, retinopathy.figures, retinopathy.report, "
-            "retinopathy.plotting; "
-            "print(sorted(m for m in ('torch', 'torchvision', 'sklearn') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
