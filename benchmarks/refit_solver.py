@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from retinopathy.data import build_transform, class_weight_values, make_loader, processed_dataset
+from retinopathy.data import build_transform, class_weights, make_loader, processed_dataset
 from retinopathy.inference import load_model
 from retinopathy.params import load_params
 from retinopathy.precision import cpu_info
@@ -39,7 +39,7 @@ def main() -> None:
         loader = make_loader(dataset, batch_size=64, train=False, num_workers=0, generator=None, device=dev)
         feats[split] = pooled_features(model, loader, dev, desc=f"features ({split})")
     x, y = feats["train"]
-    weights = class_weight_values(y, params["class_weighting"])
+    weights = class_weights(y, params["class_weighting"])
     weight = None if weights is None else {k: float(w) for k, w in enumerate(weights)}
     print(f"{args.model}: {x.shape[0]} training images x {x.shape[1]} features; CPU {cpu_info()[0]}, "
           f"{torch.get_num_threads()} threads")

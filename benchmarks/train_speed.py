@@ -24,7 +24,8 @@ from torch import nn
 
 from retinopathy.models import build_model
 from retinopathy.precision import resolve_precision
-from retinopathy.training import TrainConfig, make_optimizer, make_scaler, make_schedule, prepare_model, train_one_epoch
+from retinopathy.settings import TrainConfig
+from retinopathy.training import make_optimizer, make_scaler, make_schedule, prepare_model, train_one_epoch
 from retinopathy.utils import select_device
 
 
@@ -69,10 +70,11 @@ def measure(
 
 def stage_check(device: str, size: int, batch: int) -> dict:
     """One epoch of ``train_variant`` (the train stage's code) on a small generated set at ``size`` px."""
-    from retinopathy.embedded import SyntheticSpec, write_synthetic_set
+    from retinopathy.embedded import write_synthetic_set
     from retinopathy.preprocessing import CropSettings, build_processed_set
+    from retinopathy.settings import SyntheticSpec
     from retinopathy.sources import read_course
-    from retinopathy.variants import train_variant
+    from retinopathy.train_stage import train_variant
 
     with tempfile.TemporaryDirectory(prefix="stage-check-") as tmp:
         tmp = Path(tmp)
@@ -81,10 +83,10 @@ def stage_check(device: str, size: int, batch: int) -> dict:
         write_synthetic_set(tmp / "raw", spec)
         build_processed_set(read_course(tmp / "raw"), out_dir=tmp / "processed", balance_path=tmp / "balance.json",
                             settings=CropSettings(size=size), val_fraction=0.25, seed=0)
-        config = TrainConfig(lr=0.01, batch_size=batch, epochs=1, num_workers=2)
+        config = TrainConfig(lr=0.01, batch_size=batch, epochs=1, num_workers=2, rotation=0.0, precision="fp32",
+                             device=device)
         return train_variant("resnet18", pretrained=False, config=config, data_dir=tmp / "processed", start_path=None,
-                             model_out=tmp / "model.pt", history_out=tmp / "history.tsv",
-                             summary_out=tmp / "summary.json", device=device)
+                             model_out=tmp / "model.pt", summary_out=tmp / "summary.json")
 
 
 def main() -> None:

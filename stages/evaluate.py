@@ -4,13 +4,13 @@ predictions."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
-from retinopathy.data import CLASS_WEIGHTING
-from retinopathy.decoding import HEADS
-from retinopathy.evaluation import EvalSettings, evaluate_variant
-from retinopathy.params import check_known, get, load_params
-from retinopathy.precision import PRECISIONS
+from retinopathy.evaluation import evaluate_variant
+from retinopathy.params import load_params, load_settings
+from retinopathy.settings import EvalSettings, TrainConfig
+
+# The top-level keys this stage reads (as its dvc.yaml entry declares).
+TOP_LEVEL = ["head", "class_weighting", "device", "num_workers", "precision"]
 
 
 def main() -> None:
@@ -25,21 +25,19 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    names = [f.name for f in fields(EvalSettings)]
-    check_known(params, "evaluate", names)
-    kinds = {"batch_size": int, "bootstrap_resamples": int, "bootstrap_seed": int, "tta": str, "patient_blend": bool}
-    settings = EvalSettings(**{name: get(params, f"evaluate.{name}", kinds.get(name, float)) for name in names})
+    settings = load_settings(EvalSettings, params)
+    run = load_settings(TrainConfig, params, keys=TOP_LEVEL)
     evaluate_variant(
         model_path=f"{args.models}/{args.variant}.pt",
         data_dir=args.data,
         metrics_out=f"{args.metrics}/{args.variant}.json",
         predictions_out=f"{args.predictions}/{args.variant}.csv",
         settings=settings,
-        device=get(params, "device", str),
-        num_workers=get(params, "num_workers", int),
-        precision=get(params, "precision", str, choices=PRECISIONS),
-        head=get(params, "head", str, choices=HEADS),
-        class_weighting=get(params, "class_weighting", str, choices=CLASS_WEIGHTING),
+        device=run.device,
+        num_workers=run.num_workers,
+        precision=run.precision,
+        head=run.head,
+        class_weighting=run.class_weighting,
     )
 
 

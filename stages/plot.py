@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from retinopathy.figures import make_figures
-from retinopathy.params import check_known, get, load_params
+from retinopathy.params import get, load_params, load_settings
+from retinopathy.settings import PlotSettings
 
 
 def main() -> None:
@@ -17,15 +18,14 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    check_known(params, "plot", ["dpi"])
     table = make_figures(
         seeds=get(params, "seeds", list),
         eval_dir="metrics/eval",
         predictions_dir="metrics/predictions",
-        history_dir="metrics/train",
+        live_dir="metrics/live",
         out_dir=args.out,
         plots_dir=args.plots,
-        dpi=get(params, "plot.dpi", int),
+        dpi=load_settings(PlotSettings, params).dpi,
     )
     print(table.to_string(float_format=lambda v: f"{v:.4f}"))
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from retinopathy.params import check_known, get, load_params
-from retinopathy.preprocessing import BAD_IMAGE_POLICIES, LEAK_POLICIES, CropSettings, build_processed_set
-from retinopathy.sources import SOURCES, read_source, unlisted_images
+from retinopathy.params import load_params, load_settings
+from retinopathy.preprocessing import CropSettings, build_processed_set
+from retinopathy.settings import DataSettings, PreprocessSettings, TrainConfig
+from retinopathy.sources import read_source, unlisted_images
 
 
 def main() -> None:
@@ -21,32 +22,27 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    check_known(params, "data", ["source", "root", "val_fraction", "test_fraction", "label_fraction", "on_split_leak"])
-    check_known(params, "preprocess", ["size", "fov_threshold", "graham", "graham_sigma", "workers", "on_bad_image"])
-    source = get(params, "data.source", str, choices=SOURCES)
-    root = Path(get(params, "data.root", str))
-    settings = CropSettings(
-        size=get(params, "preprocess.size", int),
-        fov_threshold=get(params, "preprocess.fov_threshold", int),
-        graham=get(params, "preprocess.graham", bool),
-        graham_sigma=get(params, "preprocess.graham_sigma", float),
-    )
-    tables = read_source(source, root)
+    given = {} if args.label_fraction is None else {"label_fraction": args.label_fraction}
+    data = load_settings(DataSettings, params, **given)
+    pre = load_settings(PreprocessSettings, params)
+    seed = load_settings(TrainConfig, params, keys=["seed"]).seed
+    root = Path(data.root)
+    tables = read_source(data.source, root)
     build_processed_set(
         tables,
         out_dir=args.out,
         balance_path=args.balance,
-        settings=settings,
-        val_fraction=get(params, "data.val_fraction", float),
-        test_fraction=get(params, "data.test_fraction", float),
-        seed=get(params, "seed", int),
-        workers=get(params, "preprocess.workers", int),
-        on_bad_image=get(params, "preprocess.on_bad_image", str, choices=BAD_IMAGE_POLICIES),
-        on_split_leak=get(params, "data.on_split_leak", str, choices=LEAK_POLICIES),
-        unlisted=unlisted_images(source, root, tables),
+        settings=CropSettings(size=pre.size, fov_threshold=pre.fov_threshold, graham=pre.graham,
+                              graham_sigma=pre.graham_sigma),
+        val_fraction=data.val_fraction,
+        test_fraction=data.test_fraction,
+        seed=seed,
+        workers=pre.workers,
+        on_bad_image=pre.on_bad_image,
+        on_split_leak=data.on_split_leak,
+        unlisted=unlisted_images(data.source, root, tables),
         report_path=args.report,
-        label_fraction=(args.label_fraction if args.label_fraction is not None
-                        else get(params, "data.label_fraction", float)),
+        label_fraction=data.label_fraction,
     )
 
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 
 from retinopathy.models import ARCHITECTURES
-from retinopathy.params import check_known, get, load_params
-from retinopathy.precision import PRECISIONS
-from retinopathy.pretraining import METHODS, SOURCES, pretrain_backbone
-from retinopathy.training import OPTIMIZERS
+from retinopathy.params import load_params, load_settings
+from retinopathy.pretraining import pretrain_backbone
+from retinopathy.settings import PretrainSettings, TrainConfig
+
+# The top-level keys this stage reads (as its dvc.yaml entry declares).
+TOP_LEVEL = ["seed", "zero_init_residual", "num_workers", "device", "precision"]
 
 
 def main() -> None:
@@ -21,26 +23,26 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    check_known(params, "pretrain",
-                ["source", "method", "optimizer", "epochs", "lr", "batch_size", "weight_decay", "momentum"])
+    pre = load_settings(PretrainSettings, params)
+    run = load_settings(TrainConfig, params, keys=TOP_LEVEL)
     pretrain_backbone(
         args.arch,
-        source=get(params, "pretrain.source", str, choices=SOURCES),
-        method=get(params, "pretrain.method", str, choices=METHODS),
+        source=pre.source,
+        method=pre.method,
         data_dir=args.data,
         out=f"{args.out}/{args.arch}-true",
         scratch_out=f"{args.out}/{args.arch}-false",
-        optimizer=get(params, "pretrain.optimizer", str, choices=OPTIMIZERS),
-        epochs=get(params, "pretrain.epochs", int),
-        lr=get(params, "pretrain.lr", float),
-        batch_size=get(params, "pretrain.batch_size", int),
-        weight_decay=get(params, "pretrain.weight_decay", float),
-        momentum=get(params, "pretrain.momentum", float),
-        seed=get(params, "seed", int),
-        zero_init_residual=get(params, "zero_init_residual", bool),
-        num_workers=get(params, "num_workers", int),
-        device=get(params, "device", str),
-        precision=get(params, "precision", str, choices=PRECISIONS),
+        optimizer=pre.optimizer,
+        epochs=pre.epochs,
+        lr=pre.lr,
+        batch_size=pre.batch_size,
+        weight_decay=pre.weight_decay,
+        momentum=pre.momentum,
+        seed=run.seed,
+        zero_init_residual=run.zero_init_residual,
+        num_workers=run.num_workers,
+        device=run.device,
+        precision=run.precision,
     )
 
 

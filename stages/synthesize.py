@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import fields
 
-from retinopathy.embedded import SyntheticSpec, write_synthetic_set
-from retinopathy.params import check_known, get, load_params
+from retinopathy.embedded import write_synthetic_set
+from retinopathy.params import load_params, load_settings
+from retinopathy.settings import SyntheticSpec
 
 
 def main() -> None:
@@ -15,11 +15,7 @@ def main() -> None:
     parser.add_argument("--out", default="data/synthetic")
     args = parser.parse_args()
 
-    params = load_params(args.params)
-    names = [f.name for f in fields(SyntheticSpec)]
-    check_known(params, "synthetic", names)
-    kinds = {f.name: float if f.type in (float, "float") else int for f in fields(SyntheticSpec)}
-    spec = SyntheticSpec(**{name: get(params, f"synthetic.{name}", kinds[name]) for name in names})
+    spec = load_settings(SyntheticSpec, load_params(args.params))
     table = write_synthetic_set(args.out, spec)
     counts = table.groupby("split").size().to_dict()
     print(f"wrote {len(table)} images to {args.out}: {counts}")

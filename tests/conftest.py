@@ -17,8 +17,9 @@ from PIL import Image
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from retinopathy.embedded import SyntheticSpec, write_synthetic_set
+from retinopathy.embedded import write_synthetic_set
 from retinopathy.preprocessing import CropSettings, build_processed_set
+from retinopathy.settings import SyntheticSpec
 from retinopathy.sources import read_course
 
 TINY = SyntheticSpec(seed=7, train_patients=20, test_patients=8, unlabeled_patients=4, min_size=64, max_size=96)

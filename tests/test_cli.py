@@ -192,8 +192,9 @@ def test_module_entry_point_runs(model_file: Path, tmp_path: Path) -> None:
 
 def test_processed_set_records_the_crop_settings_models_copy(processed_dir: Path) -> None:
     stats = json.loads((processed_dir / "stats.json").read_text())
-    assert stats["crop"] == {"size": 32, "fov_threshold": 20, "graham": False, "graham_sigma": 1 / 30}
+    assert stats["crop"] == {"size": 32, "fov_threshold": 20, "graham": False, "graham_sigma": 0.0333}
     assert {"mean", "std", "size"} <= set(stats)
+    assert CropSettings.from_record(stats["crop"]) == SETTINGS  # the record holds every setting that changes pixels
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:

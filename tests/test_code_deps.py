@@ -139,7 +139,7 @@ def _loaded(modules: list[str], watched: list[str]) -> list[str]:
     ("modules", "watched"),
     [
         # Training and evaluation: scikit-learn and matplotlib only where a refit or a figure needs them.
-        (["retinopathy.evaluation", "retinopathy.variants", "retinopathy.pretraining"],
+        (["retinopathy.evaluation", "retinopathy.train_stage", "retinopathy.pretraining"],
          ["torchvision", "sklearn", "matplotlib"]),
         # synthesize, compare, plot and report never touch a tensor: torch alone costs seconds per stage.
         (["retinopathy.embedded", "retinopathy.comparison", "retinopathy.figures", "retinopathy.report",

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retinopathy.comparison import CompareSettings, compare
+from retinopathy.comparison import compare
 from retinopathy.metrics import quadratic_weighted_kappa, referable
 from retinopathy.results import Run
+from retinopathy.settings import CompareSettings
 from retinopathy.statistics import PATIENT_PERCENTILE, PATIENTS_ONLY, SEED_T, SEEDS_AND_PATIENTS
 
 ARCHS = ("resnet18", "resnet50")

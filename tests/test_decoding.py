@@ -73,8 +73,8 @@ def test_temperature_is_recovered_by_maximum_likelihood() -> None:
     assert fit_temperature(y, score, DEFAULT_CUTPOINTS) == pytest.approx(0.3, rel=0.15)
 
 
-def _split(y: np.ndarray, raw: np.ndarray, patients: list[str], eyes: list[str]) -> Split:
-    return Split([f"{p}_{e}" for p, e in zip(patients, eyes)], raw, y)
+def _split(y: np.ndarray, outputs: np.ndarray, patients: list[str], eyes: list[str]) -> Split:
+    return Split([f"{p}_{e}" for p, e in zip(patients, eyes)], outputs, y)
 
 
 def _paired(n_patients: int, seed: int) -> Split:
@@ -83,24 +83,24 @@ def _paired(n_patients: int, seed: int) -> Split:
     grade = rng.choice(5, size=n_patients, p=[0.5, 0.15, 0.2, 0.1, 0.05])
     other = np.where(rng.random(n_patients) < 0.85, grade, np.clip(grade + rng.choice([-1, 1], n_patients), 0, 4))
     y = np.column_stack([grade, other]).ravel()
-    raw = (y + rng.normal(0, 0.7, len(y)))[:, None]
+    scores = (y + rng.normal(0, 0.7, len(y)))[:, None]
     patients = [str(p) for p in np.repeat(np.arange(n_patients), 2)]
-    return _split(y, raw, patients, ["left", "right"] * n_patients)
+    return _split(y, scores, patients, ["left", "right"] * n_patients)
 
 
 def _paired_probabilities(n_patients: int, seed: int) -> Split:
     """Softmax outputs of a classification head on the same kind of patients: noisy, but peaked near the grade."""
     regression = _paired(n_patients, seed)
-    logits = -((regression.raw - np.arange(5)[None, :]) ** 2)  # closest grade to the noisy score wins
+    logits = -((regression.outputs - np.arange(5)[None, :]) ** 2)  # closest grade to the noisy score wins
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     return Split(regression.names, probs, regression.labels)
 
 
 def test_cutpoints_are_fitted_on_validation_and_the_blend_on_training_outputs() -> None:
     train, val, test = _paired(200, 8), _paired(80, 0), _paired(60, 1)
-    shuffled = Split(test.names, test.raw, np.random.default_rng(2).permutation(test.labels))
+    shuffled = Split(test.names, test.outputs, np.random.default_rng(2).permutation(test.labels))
     decoder = Decoder(head="regression")
-    blend = PatientBlend("regression").fit(train.labels, train.raw, train.patients, train.eyes)
+    blend = PatientBlend("regression").fit(train.labels, train.outputs, train.patients, train.eyes)
     for use in (None, blend):
         preds, probs, fitted = grade_with(decoder, val, test, blend=use)
         preds_shuffled, probs_shuffled, fitted_shuffled = grade_with(decoder, val, shuffled, blend=use)
@@ -111,23 +111,23 @@ def test_cutpoints_are_fitted_on_validation_and_the_blend_on_training_outputs() 
     cls_train, cls_val, cls_test = (
         _paired_probabilities(200, 8), _paired_probabilities(80, 0), _paired_probabilities(60, 1)
     )
-    cls_blend = PatientBlend().fit(cls_train.labels, cls_train.raw, cls_train.patients, cls_train.eyes)
-    val_shuffled = Split(cls_val.names, cls_val.raw, np.random.default_rng(3).permutation(cls_val.labels))
+    cls_blend = PatientBlend().fit(cls_train.labels, cls_train.outputs, cls_train.patients, cls_train.eyes)
+    val_shuffled = Split(cls_val.names, cls_val.outputs, np.random.default_rng(3).permutation(cls_val.labels))
     first = grade_with(Decoder(), cls_val, cls_test, blend=cls_blend)[0]
     np.testing.assert_array_equal(first, grade_with(Decoder(), val_shuffled, cls_test, blend=cls_blend)[0])
 
 
 def test_blend_uses_the_other_eye_and_falls_back_to_one_eye() -> None:
     train = _paired(300, 3)
-    blend = PatientBlend("regression").fit(train.labels, train.raw, train.patients, train.eyes)
+    blend = PatientBlend("regression").fit(train.labels, train.outputs, train.patients, train.eyes)
     record = blend.to_dict()
     assert record["fitted_on"] == "training images' outputs" and record["paired_images"] == 600
     assert record["partner_to_own_weight"] > 0.1  # correlated eyes: the partner's score carries weight
     # Patient "b" has one eye: it is graded by the one-eye fit; patient "a"'s right eye by the two-eye fit.
-    raw = np.array([[0.2], [2.9], [2.9]])
+    scores = np.array([[0.2], [2.9], [2.9]])
     patients, eyes = ["a", "a", "b"], ["left", "right", "right"]
     np.testing.assert_array_equal(PatientBlend.partner_index(patients, eyes), [1, 0, -1])
-    probs = blend.probabilities(raw, patients, eyes)
+    probs = blend.probabilities(scores, patients, eyes)
     assert probs.shape == (3, 5) and np.all(np.isfinite(probs))
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     np.testing.assert_allclose(probs[2], blend.alone.predict_proba(np.array([[2.9]]))[0])
@@ -142,7 +142,7 @@ def test_blend_helps_on_correlated_eyes(head: str) -> None:
     make = _paired if head == "regression" else _paired_probabilities
     train, val, test = make(300, 9), make(300, 4), make(300, 5)
     decoder = Decoder(head=head, decode="argmax" if head == "classification" else "expected")
-    blend = PatientBlend(head).fit(train.labels, train.raw, train.patients, train.eyes)
+    blend = PatientBlend(head).fit(train.labels, train.outputs, train.patients, train.eyes)
     alone = grade_with(decoder, val, test)[0]
     blended = grade_with(decoder, val, test, blend=blend)[0]
     assert quadratic_weighted_kappa(test.labels, blended) > quadratic_weighted_kappa(test.labels, alone) + 0.01
@@ -154,11 +154,12 @@ def test_blend_refuses_what_it_cannot_fit() -> None:
         PatientBlend("regression", c=0.0)
     without_four = train.take(np.flatnonzero(train.labels < 4))
     with pytest.raises(ValueError, match=r"grade\(s\) \[4\] have none"):
-        PatientBlend("regression").fit(without_four.labels, without_four.raw, without_four.patients, without_four.eyes)
+        PatientBlend("regression").fit(without_four.labels, without_four.outputs, without_four.patients,
+                                       without_four.eyes)
     with pytest.raises(ValueError, match="not fitted"):
-        PatientBlend("regression").probabilities(train.raw, train.patients, train.eyes)
+        PatientBlend("regression").probabilities(train.outputs, train.patients, train.eyes)
     with pytest.raises(ValueError, match="do not fit a classification head"):
-        PatientBlend("classification").fit(train.labels, train.raw, train.patients, train.eyes)
+        PatientBlend("classification").fit(train.labels, train.outputs, train.patients, train.eyes)
 
 
 def test_components_cover_every_setup_of_a_head() -> None:

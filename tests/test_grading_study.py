@@ -57,7 +57,7 @@ def test_every_grading_study_stage_declares_exactly_the_code_it_imports() -> Non
 
 @pytest.mark.parametrize(
     ("stage", "removed"),
-    [("train", "src/retinopathy/variants.py"), ("grade", "src/retinopathy/ablation.py"),
+    [("train", "src/retinopathy/train_stage.py"), ("grade", "src/retinopathy/ablation.py"),
      ("summarize", "src/retinopathy/statistics.py")],
 )
 def test_a_removed_grading_study_code_dep_is_reported(tmp_path: Path, stage: str, removed: str) -> None:
@@ -239,7 +239,7 @@ def test_blend_arms_grade_validation_directly_and_say_why_a_blend_cannot_be_fitt
     entry, frame = arms[0]
     assert frame["split"].value_counts().to_dict() == {"val": 40, "test": 30}
     val = frame[frame["split"] == "val"]
-    assert np.array_equal(val["predicted"], outputs["val"].raw.argmax(1))  # argmax: nothing fitted on validation
+    assert np.array_equal(val["predicted"], outputs["val"].outputs.argmax(1))  # argmax: nothing fitted on validation
     assert entry["val"]["accuracy"] == pytest.approx(float((val["predicted"] == val["actual"]).mean()), abs=1e-4)
     missing_four = {**outputs, "train": split(60, grades=4)}
     entry, frame = blend_arms("none", missing_four, [0.03], None)[1]

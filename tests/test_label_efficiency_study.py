@@ -4,6 +4,7 @@ run."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from retinopathy.data import patient_of
 from retinopathy.label_efficiency import StudyLayout, SummarySettings, fraction_name, summarize_study, write_study
 from retinopathy.metrics import quadratic_weighted_kappa
 from retinopathy.params import get, load_params
+from retinopathy.statistics import IntervalSettings
 from retinopathy.utils import write_csv, write_json
 from test_code_deps import code_dependencies
 
@@ -114,6 +116,13 @@ def test_study_points_read_the_projects_params_as_the_main_stages_do() -> None:
         theirs = next(params for stage, params in main.items() if stage.startswith(f"{name}@resnet18"))
         assert sorted(ours["params.yaml"]) == sorted(theirs["params.yaml"]), name
     assert study["summarize"] == {(STUDY / "params.yaml").as_posix(): ["fractions", "seeds", "summary"]}
+
+
+def test_summary_settings_are_the_study_params_summary_section_with_its_values_as_defaults() -> None:
+    """The study's params.yaml fills every field, in order, and the defaults agree with it."""
+    summary = load_params(ROOT / STUDY / "params.yaml")["summary"]
+    assert isinstance(SummarySettings(), IntervalSettings)
+    assert list(asdict(SummarySettings()).items()) == list(summary.items())
 
 
 def _fake_point_outputs(layout: StudyLayout, fraction: float, *, seeds: list[int], images: list[str],

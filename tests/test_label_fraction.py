@@ -188,5 +188,5 @@ def test_the_preprocess_stage_refuses_a_zero_fraction_naming_the_key(raw_dir: Pa
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     stage = [sys.executable, str(ROOT / "stages" / "preprocess.py")]
     done = subprocess.run(stage, cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode != 0 and "data.label_fraction must be in (0, 1]" in done.stderr
+    assert done.returncode != 0 and "key 'data.label_fraction' must be in (0, 1], got 0" in done.stderr
     assert not (tmp_path / "data" / "processed").exists()

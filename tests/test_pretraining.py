@@ -14,7 +14,7 @@ from torchvision.models import ResNet18_Weights
 
 from retinopathy.data import build_transform, make_loader, patient_of, processed_dataset
 from retinopathy.models import load_backbone, resnet18
-from retinopathy.pretraining import imagenet_state_dict, rotation_pretrain
+from retinopathy.pretraining import PretextTraining, imagenet_state_dict, rotation_pretrain
 
 
 @pytest.fixture
@@ -65,8 +65,8 @@ def test_rotation_pretraining_learns_above_chance(processed_dir: Path) -> None:
                            build_transform(mean=[0.4, 0.2, 0.1], std=[0.3, 0.15, 0.08], train=False))
     loader = make_loader(ds, batch_size=16, train=True, num_workers=0, generator=torch.Generator().manual_seed(0),
                          device=torch.device("cpu"))
-    model, history = rotation_pretrain("resnet18", loader, epochs=6, lr=0.01, weight_decay=0.0, momentum=0.9,
-                                       optimizer="sgd", device=torch.device("cpu"))
+    training = PretextTraining(epochs=6, lr=0.01, weight_decay=0.0, momentum=0.9, optimizer="sgd")
+    model, history = rotation_pretrain("resnet18", loader, training, device=torch.device("cpu"))
     assert model.fc.out_features == 4 and len(history) == 6
     assert history[-1]["pretext_loss"] < history[0]["pretext_loss"]
 
@@ -89,8 +89,8 @@ def test_simclr_pretraining_yields_a_backbone_that_loads_into_the_classifier(pro
     assert ds[0][0].shape == (2, 3, 32, 32)
     loader = make_loader(ds, batch_size=8, train=True, num_workers=0, generator=torch.Generator().manual_seed(0),
                          device=torch.device("cpu"))
-    model, history = simclr_pretrain("resnet18", loader, epochs=1, lr=0.05, weight_decay=0.0, momentum=0.9,
-                                     device=torch.device("cpu"))
+    training = PretextTraining(epochs=1, lr=0.05, weight_decay=0.0, momentum=0.9, optimizer="sgd")
+    model, history = simclr_pretrain("resnet18", loader, training, device=torch.device("cpu"))
     assert len(history) == 1 and history[0]["pretext_loss"] > 0
     classifier = resnet18(num_classes=5)
     load_backbone(classifier, backbone_state(model))

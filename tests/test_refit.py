@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from retinopathy.evaluation import EvalSettings, evaluate_variant
+from retinopathy.evaluation import evaluate_variant
 from retinopathy.models import build_model
 from retinopathy.refit import fit_classifier, pooled_features, refit_classifier
-from retinopathy.training import TrainConfig
-from retinopathy.variants import train_variant
+from retinopathy.settings import EvalSettings, TrainConfig
+from retinopathy.train_stage import train_variant
 
 
 def _blobs(counts: list[int], seed: int = 0, dim: int = 6) -> tuple[np.ndarray, np.ndarray]:
@@ -92,13 +92,14 @@ def test_refit_keeps_the_layer_when_a_grade_has_no_training_image() -> None:
 
 
 def test_train_variant_refits_after_the_chosen_epoch_and_records_it(processed_dir: Path, tmp_path: Path) -> None:
-    config = TrainConfig(lr=0.01, batch_size=8, epochs=1, seed=3)
     outs = {}
     for refit in (False, True):
+        config = TrainConfig(lr=0.01, batch_size=8, epochs=1, seed=3, rotation=0.0, precision="fp32",
+                             refit_classifier=refit)
         out = tmp_path / str(refit)
         summary = train_variant(
             "resnet18", pretrained=False, config=config, data_dir=processed_dir, model_out=out / "model.pt",
-            history_out=out / "history.tsv", summary_out=out / "summary.json", refit=refit,
+            summary_out=out / "summary.json",
         )
         assert json.loads((out / "summary.json").read_text())["refit"] == summary["refit"]
         outs[refit] = (summary, torch.load(out / "model.pt", weights_only=False))
@@ -121,9 +122,7 @@ def test_train_variant_refits_after_the_chosen_epoch_and_records_it(processed_di
         assert torch.equal(outs[False][1]["state_dict"]["fc.weight"], outs[True][1]["state_dict"]["fc.weight"])
 
 
-def test_train_variant_refuses_a_non_positive_refit_c_before_training(processed_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="refit_c"):
-        train_variant("resnet18", pretrained=False, config=TrainConfig(epochs=1), data_dir=processed_dir,
-                      model_out=tmp_path / "m.pt", history_out=tmp_path / "h.tsv", summary_out=tmp_path / "s.json",
-                      refit_c=0.0)
-    assert not (tmp_path / "m.pt").exists()
+@pytest.mark.parametrize("c", [0.0, -1.0])
+def test_a_non_positive_refit_c_is_refused_naming_the_key(c: float) -> None:
+    with pytest.raises(ValueError, match="'refit_c' must be positive"):
+        TrainConfig(epochs=1, refit_c=c)

@@ -18,24 +18,19 @@ import yaml
 from torch import nn
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from retinopathy.data import make_loader
+from retinopathy.data import class_weights, make_loader
 from retinopathy.distributed import distributed_sampler, init_distributed, shutdown_distributed, torchrun_command
 from retinopathy.models import build_model
+from retinopathy.results import read_history
+from retinopathy.settings import TrainConfig
 from retinopathy.startpoints import write_start_point
-from retinopathy.training import (
-    TrainConfig,
-    class_weights,
-    make_criterion,
-    make_optimizer,
-    make_schedule,
-    prepare_model,
-    train_one_epoch,
-)
-from retinopathy.variants import train_variant
+from retinopathy.train_stage import train_variant
+from retinopathy.training import make_criterion, make_optimizer, make_schedule, prepare_model, train_one_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 # The step schedule keeps state of its own (milestones); rotation draws from the global generator.
-CONFIG = TrainConfig(lr=0.01, batch_size=8, epochs=3, seed=3, lr_schedule="step")
+CONFIG = TrainConfig(lr=0.01, batch_size=8, epochs=3, seed=3, lr_schedule="step", rotation=15.0,
+                     zero_init_residual=True, precision="fp32")
 
 
 class Interrupted(Exception):
@@ -47,8 +42,8 @@ def _train(
 ) -> dict:
     return train_variant(
         "resnet18", pretrained=False, config=config, data_dir=processed_dir, start_path=None,
-        model_out=out / "model.pt", history_out=out / "history.tsv", summary_out=out / "summary.json",
-        rotation=15.0, zero_init_residual=True, resume_path=resume, on_epoch=on_epoch,
+        model_out=out / "model.pt", summary_out=out / "summary.json", live_dir=out / "live",
+        resume_path=resume, on_epoch=on_epoch,
     )
 
 
@@ -78,9 +73,9 @@ def test_run_killed_after_one_epoch_resumes_to_the_same_model_and_metrics(
     summary = _train(processed_dir, tmp_path, resume=checkpoint, on_epoch=lambda epoch, row: epochs_run.append(epoch))
     assert epochs_run == [2, 3]
     assert not checkpoint.exists()
-    pd.testing.assert_frame_equal(
-        pd.read_csv(tmp_path / "history.tsv", sep="\t"), pd.read_csv(uninterrupted / "history.tsv", sep="\t")
-    )
+    # The resumed run's dvclive log holds every epoch, the restored one included, as the uninterrupted run's does.
+    pd.testing.assert_frame_equal(read_history(tmp_path / "live"), read_history(uninterrupted / "live"))
+    assert (tmp_path / "live" / "metrics.json").read_bytes() == (uninterrupted / "live" / "metrics.json").read_bytes()
     resumed, whole = (
         torch.load(tmp_path / "model.pt", weights_only=True), torch.load(uninterrupted / "model.pt", weights_only=True)
     )
@@ -124,7 +119,11 @@ def _stage(workdir: Path, processed_dir: Path, nproc: int) -> Path:
 def test_two_torchrun_processes_on_cpu_write_one_model_and_its_metrics(processed_dir: Path, tmp_path: Path) -> None:
     double = _stage(tmp_path / "double", processed_dir, 2)
     written = sorted(p.relative_to(double).as_posix() for p in double.rglob("*") if p.is_file())
-    assert written == ["metrics/train/resnet18-false-42.json", "metrics/train/resnet18-false-42.tsv",
+    live = "metrics/live/resnet18-false-42"
+    logged = [f"{live}/plots/metrics/{split}/{metric}.tsv" for split, metric in
+              [("test", "acc"), ("test", "kappa"), ("test", "loss"), ("train", "acc"), ("train", "loss"),
+               ("val", "acc"), ("val", "kappa"), ("val", "loss")]]
+    assert written == [f"{live}/metrics.json", *logged, "metrics/train/resnet18-false-42.json",
                        "models/resnet18-false-42.pt", "models/start/resnet18-false/start.json", "params.yaml"]
     assert not (double / "checkpoints").exists()  # the resume snapshot goes once the run is complete
     checkpoint = torch.load(double / "models" / "resnet18-false-42.pt", weights_only=True)
@@ -132,7 +131,7 @@ def test_two_torchrun_processes_on_cpu_write_one_model_and_its_metrics(processed
     build_model("resnet18", num_classes=5).load_state_dict(checkpoint["state_dict"], strict=True)
     summary = json.loads((double / "metrics" / "train" / "resnet18-false-42.json").read_text())
     assert summary["processes"] == 2 and summary["device"] == "cpu" and summary["precision"] == "fp32"
-    history = pd.read_csv(double / "metrics" / "train" / "resnet18-false-42.tsv", sep="\t")
+    history = read_history(double / live)
     assert (
         history["epoch"].tolist() == [1] and {"train_loss", "val_loss", "val_acc", "val_kappa"} <= set(history.columns)
     )
@@ -155,7 +154,8 @@ def _step_setup() -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_sche
     torch.manual_seed(STEP_SEED)
     model = build_model("resnet18", num_classes=5)
     optimizer = make_optimizer("sgd", model, lr=0.1, momentum=0.9, weight_decay=5e-4)
-    criterion = make_criterion("classification", class_weights(STEP_LABELS, "sqrt_inverse"))
+    criterion = make_criterion("classification", torch.tensor(class_weights(STEP_LABELS, "sqrt_inverse"),
+                                                              dtype=torch.float32))
     return model, optimizer, make_schedule("constant", optimizer, total_steps=1), criterion
 
 

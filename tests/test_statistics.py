@@ -15,6 +15,7 @@ from retinopathy.statistics import (
     SEED_T,
     SEEDS_AND_PATIENTS,
     Interval,
+    IntervalSettings,
     design_effect,
     paired_difference,
     patient_bootstrap,
@@ -49,6 +50,16 @@ def test_accuracy_interval_matches_the_binomial_spread_of_patients() -> None:
     assert out.low == pytest.approx(stats.binom.ppf(0.025, 20, 0.75) / 20, abs=0.051)
     assert out.high == pytest.approx(stats.binom.ppf(0.975, 20, 0.75) / 20, abs=0.051)
     assert out.low < out.point < out.high
+
+
+def test_interval_settings_give_both_bootstraps_their_resamples_confidence_and_seed() -> None:
+    settings = IntervalSettings(bootstrap_resamples=60, confidence=0.9, bootstrap_seed=3)
+    y_true, y_pred = graded_pairs(np.arange(30) % 3 > 0)
+    patients = two_eyes(30)
+    explicit = patient_bootstrap(fast_accuracy, [y_true, y_pred], patients, n_resamples=60, confidence=0.9, seed=3)
+    assert patient_bootstrap(fast_accuracy, [y_true, y_pred], patients, **settings.keywords()) == explicit
+    diff = paired_difference(fast_accuracy, y_true, [y_pred], [y_true], patients, **settings.keywords())
+    assert diff["resamples"] == 60 and "90% interval" in diff["verdict"]
 
 
 def test_mean_interval_has_the_width_of_patients_not_of_images() -> None:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from retinopathy.embedded import SyntheticSpec, write_synthetic_set
+from retinopathy.embedded import write_synthetic_set
+from retinopathy.settings import SyntheticSpec
 from retinopathy.synthetic import GRADE_PROPORTIONS, draw_camera, pair_grades, render_fundus, sample_grades
 
 

@@ -25,14 +25,15 @@ import pandas as pd
 import torch
 
 from retinopathy import GRADES
-from retinopathy.data import CLASS_WEIGHTING, class_weight_values, processed_dataset
+from retinopathy.data import class_weights, processed_dataset
 from retinopathy.decoding import Decoder, PatientBlend
 from retinopathy.evaluation import GRADE_METRICS, Split, fit_blend, grade_with, split_outputs
 from retinopathy.grading_study import SPLITS, StudyAxes, StudyLayout, arm_name, machine, setting_label
-from retinopathy.inference import TTA, load_model
+from retinopathy.inference import load_model
 from retinopathy.params import ParamsError, get
-from retinopathy.precision import PRECISIONS, resolve_precision
+from retinopathy.precision import resolve_precision
 from retinopathy.refit import refit_on_training_images
+from retinopathy.settings import CLASS_WEIGHTING, PRECISIONS, TTA
 from retinopathy.utils import atomic_path, select_device, write_json
 
 
@@ -116,7 +117,7 @@ def model_components(
     resolved, _ = resolve_precision(precision, dev)
     splits = model_outputs(model, meta, data_dir, dev, precision=resolved, batch_size=batch_size,
                            num_workers=num_workers)
-    weights = class_weight_values(processed_dataset(data_dir, "train", None).labels, class_weighting)
+    weights = class_weights(processed_dataset(data_dir, "train", None).labels, class_weighting)
     return components(meta["head"], splits["val"], splits["test"], splits["train"], seed=seed, blend_c=blend_c,
                       class_weights=weights)
 
@@ -211,7 +212,7 @@ def grade_network(
     started = time.perf_counter()
     dev = select_device(settings.device)
     precision, _ = resolve_precision(settings.precision, dev)
-    weights = class_weight_values(processed_dataset(data_dir, "train", None).labels, settings.class_weighting)
+    weights = class_weights(processed_dataset(data_dir, "train", None).labels, settings.class_weighting)
     record: dict[str, Any] = {"model": str(model_path), "class_weighting": settings.class_weighting,
                               "components_blend_c": settings.blend_c, "refits": [], "components": [], "arms": []}
     predictions: dict[str, pd.DataFrame] = {}

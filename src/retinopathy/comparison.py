@@ -10,13 +10,13 @@ interval they warrant. The verdict follows the interval: "no detectable differen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from retinopathy.metrics import accuracy, macro_f1, quadratic_weighted_kappa, referable, roc_auc
 from retinopathy.results import ARCH_LABELS, ARCHS, LABELS, PRETRAINED, Run, describe, variant_name
+from retinopathy.settings import CompareSettings
 from retinopathy.statistics import paired_difference
 
 # name -> (metric, reads the predicted grade (True) or P(referable) (False))
@@ -31,15 +31,6 @@ SHORT = {
     "resnet18-true": "r18_pre", "resnet18-false": "r18_scr", "resnet50-true": "r50_pre", "resnet50-false": "r50_scr",
 }
 SHORT_METRICS = {"accuracy": "acc", "kappa": "qwk", "macro_f1": "f1", "referable_auc": "auc"}
-
-
-@dataclass(frozen=True)
-class CompareSettings:
-    """The ``compare`` section of params.yaml."""
-
-    bootstrap_resamples: int = 2000
-    confidence: float = 0.95
-    bootstrap_seed: int = 0
 
 
 def _inputs(runs: list[Run], by_grade: bool) -> tuple[np.ndarray, list[np.ndarray]]:

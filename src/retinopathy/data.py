@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from retinopathy import NUM_CLASSES
 from retinopathy.images import open_rgb
+from retinopathy.settings import CLASS_WEIGHTING
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -231,10 +232,9 @@ def keep_labelled_fraction(frame: pd.DataFrame, *, fraction: float, seed: int) -
     return frame[kept].reset_index(drop=True), frame[~kept].reset_index(drop=True)
 
 
-CLASS_WEIGHTING = ("none", "inverse", "sqrt_inverse")
 
 
-def class_weight_values(labels: Iterable[int], mode: str) -> np.ndarray | None:
+def class_weights(labels: Iterable[int], mode: str) -> np.ndarray | None:
     """Loss weights per grade: ``inverse`` frequency, its square root (gentler), or None for ``none``.
 
     Scaled so the weighted mean over the given samples is 1, so ``lr`` keeps its meaning whatever
@@ -256,7 +256,7 @@ def label_balance(levels: Sequence[int]) -> dict[str, Any]:
     counts = np.bincount(np.asarray(levels, dtype=np.int64), minlength=NUM_CLASSES)
     total = int(counts.sum())
     proportions = counts / max(total, 1)
-    weights = {mode: class_weight_values(levels, mode) for mode in CLASS_WEIGHTING if mode != "none"}
+    weights = {mode: class_weights(levels, mode) for mode in CLASS_WEIGHTING if mode != "none"}
     return {
         "total": total,
         "counts": counts.tolist(),
@@ -325,8 +325,8 @@ def build_transform(
 
     Flips are safe for fundus images: a flipped left eye looks like a right eye, and lesions
     have no preferred orientation. The steps are torchvision's, written out here because importing
-    torchvision costs every stage about 3 s of CPU; tests/test_data.py checks they match torchvision's
-    bit for bit under the same seed.
+    torchvision adds seconds to every stage's start-up (benchmarks/stage_imports.py); tests/test_data.py
+    checks they match torchvision's bit for bit under the same seed.
     """
     steps: list[Callable] = []
     if train:

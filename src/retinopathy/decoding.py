@@ -28,12 +28,11 @@ import numpy as np
 
 from retinopathy import NUM_CLASSES
 from retinopathy.metrics import quadratic_weighted_kappa
+from retinopathy.settings import DECODINGS, HEADS
 
 if TYPE_CHECKING:  # scipy and scikit-learn are imported where they are used: most stages never fit anything here
     from sklearn.linear_model import LogisticRegression
 
-HEADS = ("classification", "regression")
-DECODINGS = ("argmax", "expected")
 DEFAULT_CUTPOINTS = (0.5, 1.5, 2.5, 3.5)
 _GRADES = np.arange(NUM_CLASSES, dtype=float)
 
@@ -122,7 +121,11 @@ def cumulative_link_probabilities(score: np.ndarray, cutpoints: Sequence[float],
 
 @dataclass(frozen=True)
 class Decoder:
-    """How a model's raw outputs become a score, grades and probabilities; saved in its checkpoint."""
+    """How a head's outputs become a score, grades and probabilities; saved in its checkpoint.
+
+    The outputs (see :func:`retinopathy.inference.outputs`) are softmax probabilities p0..p4 (N, 5) for a
+    classification head, one score (N, 1) for a regression head.
+    """
 
     head: str = "classification"
     decode: str = "argmax"
@@ -141,37 +144,38 @@ class Decoder:
     def uses_cutpoints(self) -> bool:
         return self.head == "regression" or self.decode == "expected"
 
-    def check_outputs(self, raw: np.ndarray) -> np.ndarray:
-        raw = np.asarray(raw, dtype=float)
+    def check_outputs(self, outputs: np.ndarray) -> np.ndarray:
+        """The head's outputs as a float array; ValueError when their shape does not fit the head."""
+        outputs = np.asarray(outputs, dtype=float)
         width = head_outputs(self.head)
-        if raw.ndim != 2 or raw.shape[1] != width:
-            raise ValueError(f"outputs of shape {raw.shape} do not fit a {self.head} head ({width} per image)")
-        return raw
+        if outputs.ndim != 2 or outputs.shape[1] != width:
+            raise ValueError(f"outputs of shape {outputs.shape} do not fit a {self.head} head ({width} per image)")
+        return outputs
 
-    def score(self, raw: np.ndarray) -> np.ndarray:
+    def score(self, outputs: np.ndarray) -> np.ndarray:
         """A continuous grade: the regression output, or the expected grade under the probabilities."""
-        raw = self.check_outputs(raw)
-        return raw[:, 0] if self.head == "regression" else raw @ _GRADES
+        outputs = self.check_outputs(outputs)
+        return outputs[:, 0] if self.head == "regression" else outputs @ _GRADES
 
-    def grades(self, raw: np.ndarray) -> np.ndarray:
+    def grades(self, outputs: np.ndarray) -> np.ndarray:
         """Grades 0..4."""
-        raw = self.check_outputs(raw)
+        outputs = self.check_outputs(outputs)
         if not self.uses_cutpoints:
-            return raw.argmax(axis=1).astype(np.int64)
-        return cut(self.score(raw), self.cutpoints)
+            return outputs.argmax(axis=1).astype(np.int64)
+        return cut(self.score(outputs), self.cutpoints)
 
-    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
         """p0..p4 (N, 5): the softmax for classification, the cumulative-link model for regression."""
-        raw = self.check_outputs(raw)
+        outputs = self.check_outputs(outputs)
         if self.head == "classification":
-            return raw
-        return cumulative_link_probabilities(raw[:, 0], self.cutpoints, self.temperature)
+            return outputs
+        return cumulative_link_probabilities(outputs[:, 0], self.cutpoints, self.temperature)
 
-    def fitted(self, y_val: np.ndarray, raw_val: np.ndarray, *, seed: int = 0) -> "Decoder":
+    def fitted(self, y_val: np.ndarray, val_outputs: np.ndarray, *, seed: int = 0) -> "Decoder":
         """This decoder with cut-points (and temperature) tuned on validation outputs."""
         if not self.uses_cutpoints:
             return self
-        score = self.score(raw_val)
+        score = self.score(val_outputs)
         cuts = tune_cutpoints(y_val, score, seed=seed)
         temperature = fit_temperature(y_val, score, cuts) if self.head == "regression" else 1.0
         return Decoder(self.head, self.decode, tuple(float(c) for c in cuts), temperature)
@@ -195,9 +199,9 @@ class PatientBlend:
     probabilities (classification head, 5 values) or its score (regression head, 1 value).
 
     They are fitted on the outputs of the *training* images, never on test. A 5-grade blend has
-    55 coefficients; the default validation set (72 patients, 2-4 eyes of each of grades 3 and 4)
-    cannot fit that many, while the 428 training patients can, and validation then scores the blend
-    untouched. Training outputs are in-sample for the network, so the blend learns to trust an eye's
+    55 coefficients; validation holds too few eyes of grades 3 and 4 to fit that many, while the
+    training patients can (docs/grading.md gives the default set's counts), and validation then scores
+    the blend untouched. Training outputs are in-sample for the network, so the blend learns to trust an eye's
     own outputs at least as much as held-out data would have taught it: it errs towards the eye alone.
     """
 
@@ -213,10 +217,10 @@ class PatientBlend:
         if not self.c > 0:
             raise ValueError(f"evaluate.blend_c must be positive, got {self.c!r}")
 
-    def features(self, raw: np.ndarray) -> np.ndarray:
+    def features(self, outputs: np.ndarray) -> np.ndarray:
         """Per-eye inputs: log probabilities (classification) or the score (regression)."""
-        raw = Decoder(head=self.head).check_outputs(raw)
-        return np.log(np.clip(raw, 1e-6, 1.0)) if self.head == "classification" else raw
+        outputs = Decoder(head=self.head).check_outputs(outputs)
+        return np.log(np.clip(outputs, 1e-6, 1.0)) if self.head == "classification" else outputs
 
     @staticmethod
     def partner_index(patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
@@ -232,8 +236,10 @@ class PatientBlend:
         other = {"left": "right", "right": "left"}
         return np.array([rows.get((p, other.get(e, "")), -1) for p, e in zip(patients, eyes)], dtype=np.int64)
 
-    def _design(self, raw: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        own = self.features(raw)
+    def _design(
+        self, outputs: np.ndarray, patients: Sequence[str], eyes: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        own = self.features(outputs)
         partner = self.partner_index(patients, eyes)
         paired = partner >= 0
         both = np.hstack([own, own[np.where(paired, partner, 0)]])
@@ -245,14 +251,14 @@ class PatientBlend:
         weight = None if self.class_weights is None else {k: float(w) for k, w in enumerate(self.class_weights)}
         return LogisticRegression(C=self.c, class_weight=weight, max_iter=5000)
 
-    def fit(self, y: np.ndarray, raw: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> "PatientBlend":
+    def fit(self, y: np.ndarray, outputs: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> "PatientBlend":
         """Fit on training images' labels and outputs.
 
         Raises:
             ValueError: fewer than 2 paired eyes, or a grade missing from the images (the blend could never give it).
         """
         y = np.asarray(y, dtype=np.int64)
-        both, paired = self._design(raw, patients, eyes)
+        both, paired = self._design(outputs, patients, eyes)
         missing = sorted(set(range(NUM_CLASSES)) - set(y.tolist()))
         if missing:
             raise ValueError(f"the blend needs training images of every grade; grade(s) {missing} have none")
@@ -263,11 +269,11 @@ class PatientBlend:
         self.paired_images = int(paired.sum())
         return self
 
-    def probabilities(self, raw: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
+    def probabilities(self, outputs: np.ndarray, patients: Sequence[str], eyes: Sequence[str]) -> np.ndarray:
         """Blended p0..p4 (N, 5): the two-eye fit where the partner is in the set, the one-eye fit elsewhere."""
         if self.both is None or self.alone is None:
             raise ValueError("the blend is not fitted")
-        both, paired = self._design(raw, patients, eyes)
+        both, paired = self._design(outputs, patients, eyes)
         out = _full_probabilities(self.alone, both[:, : both.shape[1] // 2])
         if paired.any():
             out[paired] = _full_probabilities(self.both, both[paired])

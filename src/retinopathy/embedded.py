@@ -14,30 +14,15 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from retinopathy.synthetic import EYE_AGREEMENT, draw_camera, pair_grades, render_fundus
+from retinopathy.settings import SyntheticSpec
+from retinopathy.synthetic import draw_camera, pair_grades, render_fundus
 from retinopathy.utils import atomic_path
-
-
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """Sizes of the embedded set; every random choice derives from ``seed``."""
-
-    seed: int = 2015
-    train_patients: int = 500
-    test_patients: int = 150
-    unlabeled_patients: int = 200
-    min_size: int = 192
-    max_size: int = 320
-    jpeg_quality_min: int = 70
-    jpeg_quality_max: int = 95
-    eye_agreement: float = EYE_AGREEMENT
 
 
 def _render_one(job: tuple[int, int, str, int, SyntheticSpec, str]) -> None:

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from retinopathy import GRADES
-from retinopathy.data import build_transform, class_weight_values, make_loader, patient_of, processed_dataset
+from retinopathy.data import build_transform, class_weights, make_loader, patient_of, processed_dataset
 from retinopathy.decoding import Decoder, PatientBlend
-from retinopathy.inference import TTA, load_model, model_decoder, predict
+from retinopathy.inference import load_model, model_decoder, predict
 from retinopathy.metrics import (
     accuracy,
     macro_f1,
@@ -35,25 +35,11 @@ from retinopathy.metrics import (
     summarize,
 )
 from retinopathy.precision import hardware, resolve_precision
+from retinopathy.settings import TTA, EvalSettings
 from retinopathy.statistics import patient_bootstrap
 from retinopathy.utils import select_device, write_csv, write_json
 
 GRADE_METRICS = {"accuracy": accuracy, "kappa": quadratic_weighted_kappa, "macro_f1": macro_f1}
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """The ``evaluate`` section of params.yaml (and the stage's device settings)."""
-
-    batch_size: int = 64
-    sensitivity_target: float = 0.95  # high-sensitivity operating point, chosen on validation
-    specificity_target: float = 0.95  # high-specificity operating point, chosen on validation
-    bootstrap_resamples: int = 1000
-    confidence: float = 0.95
-    bootstrap_seed: int = 0
-    tta: str = "none"  # none | flips: the mean over the image and its horizontal, vertical and double flips
-    patient_blend: bool = False  # grade each eye from its own outputs and its partner's (fitted on training outputs)
-    blend_c: float = 0.03  # the blend's inverse L2 strength (logistic regressions)
 
 
 def eye_of(image: str) -> str:
@@ -64,10 +50,14 @@ def eye_of(image: str) -> str:
 
 @dataclass(frozen=True)
 class Split:
-    """One split's model outputs: image names, raw head outputs, labels."""
+    """One split's model outputs: image names, the head's outputs and the labels.
+
+    ``outputs`` holds softmax probabilities p0..p4 (N, 5) for a classification head, one score (N, 1) for a
+    regression head (:func:`retinopathy.inference.predict`).
+    """
 
     names: list[str]
-    raw: np.ndarray
+    outputs: np.ndarray
     labels: np.ndarray
 
     @property
@@ -79,7 +69,7 @@ class Split:
         return [eye_of(n) for n in self.names]
 
     def take(self, index: np.ndarray) -> "Split":
-        return Split([self.names[i] for i in index], self.raw[index], self.labels[index])
+        return Split([self.names[i] for i in index], self.outputs[index], self.labels[index])
 
 
 def grade_with(
@@ -91,11 +81,11 @@ def grade_with(
     for a classification head decoded by argmax, else by their expected grade cut at cut-points fitted on ``fit``.
     """
     if blend is None:
-        tuned = decoder.fitted(fit.labels, fit.raw)
-        return tuned.grades(apply.raw), tuned.probabilities(apply.raw), {"decoder": tuned.to_dict()}
+        tuned = decoder.fitted(fit.labels, fit.outputs)
+        return tuned.grades(apply.outputs), tuned.probabilities(apply.outputs), {"decoder": tuned.to_dict()}
     on_probs = Decoder("classification", decoder.decode if decoder.head == "classification" else "expected")
-    tuned = on_probs.fitted(fit.labels, blend.probabilities(fit.raw, fit.patients, fit.eyes))
-    probs = blend.probabilities(apply.raw, apply.patients, apply.eyes)
+    tuned = on_probs.fitted(fit.labels, blend.probabilities(fit.outputs, fit.patients, fit.eyes))
+    probs = blend.probabilities(apply.outputs, apply.patients, apply.eyes)
     return tuned.grades(probs), probs, {"decoder": tuned.to_dict(), "blend": blend.to_dict()}
 
 
@@ -110,15 +100,15 @@ def split_outputs(
                          device=device)
     out = {}
     for tta in ttas:
-        raw, labels = predict(model, loader, device, precision=precision, desc=f"{split} (tta {tta})",
-                              head=meta["head"], tta=tta)
-        out[tta] = Split(list(dataset.names), raw, labels)
+        outputs, labels = predict(model, loader, device, precision=precision, desc=f"{split} (tta {tta})",
+                                  head=meta["head"], tta=tta)
+        out[tta] = Split(list(dataset.names), outputs, labels)
     return out
 
 
 def fit_blend(head: str, train: Split, *, c: float, class_weights: np.ndarray | None) -> PatientBlend:
     """The two-eye blend fitted on the training images' outputs (ValueError when they cannot fit it)."""
-    return PatientBlend(head, c, class_weights).fit(train.labels, train.raw, train.patients, train.eyes)
+    return PatientBlend(head, c, class_weights).fit(train.labels, train.outputs, train.patients, train.eyes)
 
 
 def screening(
@@ -172,7 +162,7 @@ def screening(
 
 def _configured_grading(
     decoder: Decoder, val: Split, test: Split, train: Split | None, settings: EvalSettings,
-    class_weights: np.ndarray | None, *, seed: int,
+    weights: np.ndarray | None, *, seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Test grades and p0..p4, validation p0..p4 and what was fitted, for the configured grading.
 
@@ -180,17 +170,18 @@ def _configured_grading(
     on validation outputs with it, with the training run's seed (as the train stage tuned them).
     """
     chosen = (decoder if settings.tta == "none"
-              else Decoder(decoder.head, decoder.decode).fitted(val.labels, val.raw, seed=seed))
-    preds, probs, fitted = chosen.grades(test.raw), chosen.probabilities(test.raw), {"decoder": chosen.to_dict()}
-    val_probs = chosen.probabilities(val.raw)
+              else Decoder(decoder.head, decoder.decode).fitted(val.labels, val.outputs, seed=seed))
+    preds, probs = chosen.grades(test.outputs), chosen.probabilities(test.outputs)
+    fitted: dict[str, Any] = {"decoder": chosen.to_dict()}
+    val_probs = chosen.probabilities(val.outputs)
     if train is not None:
         try:
-            blend = fit_blend(decoder.head, train, c=settings.blend_c, class_weights=class_weights)
+            blend = fit_blend(decoder.head, train, c=settings.blend_c, class_weights=weights)
         except ValueError as exc:
             fitted["blend"] = {"fitted": False, "reason": f"{exc}; each eye is graded alone"}
         else:
             preds, probs, fitted = grade_with(chosen, val, test, blend=blend)
-            val_probs = blend.probabilities(val.raw, val.patients, val.eyes)
+            val_probs = blend.probabilities(val.outputs, val.patients, val.eyes)
     return preds, probs, val_probs, fitted
 
 
@@ -222,16 +213,10 @@ def evaluate_variant(
             both; ``settings.tta`` is unknown; ``settings.blend_c`` is not positive.
     """
     started = time.perf_counter()
-    if settings.tta not in TTA:
-        raise ValueError(f"evaluate.tta {settings.tta!r}; choose one of {list(TTA)}")
-    if not settings.blend_c > 0:
-        raise ValueError(f"evaluate.blend_c must be positive, got {settings.blend_c!r}")
+    _check_settings(settings)
+    # The model, its decoding, and the arithmetic to predict in.
     dev = select_device(device)
-    model, meta = load_model(model_path, dev)
-    decoder = model_decoder(meta)
-    if head is not None and head != decoder.head:
-        raise ValueError(f"{model_path} was trained with head {decoder.head!r} but params.yaml asks for head {head!r}; "
-                         f"retrain it (dvc repro) or set head: {decoder.head}")
+    model, meta, decoder = _load_model_with_head(model_path, dev, head)
     resolved, _ = resolve_precision(precision, dev)
     # Only what the configured grading reads: training outputs for the blend alone, one TTA setting.
     needed = ("train", "val", "test") if settings.patient_blend else ("val", "test")
@@ -239,41 +224,92 @@ def evaluate_variant(
                                    num_workers=num_workers, precision=resolved, ttas=(settings.tta,))[settings.tta]
               for split in needed}
     val, test = splits["val"], splits["test"]
-    class_weights = class_weight_values(processed_dataset(data_dir, "train", None).labels, class_weighting)
+    # Grade test with what was fitted on validation (cut-points) and on the training outputs (the blend).
+    weights = class_weights(processed_dataset(data_dir, "train", None).labels, class_weighting)
     seed = int(meta.get("config", {}).get("seed", 0))
     preds, probs, val_probs, fitted = _configured_grading(decoder, val, test, splits.get("train"), settings,
-                                                          class_weights, seed=seed)
-    names, labels, val_labels = test.names, test.labels, val.labels
-    patients = np.asarray(test.patients)
-    boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
-    metrics: dict[str, Any] = summarize(labels, preds)
-    metrics["intervals"] = {name: patient_bootstrap(fn, [labels, preds], patients, **boot).to_dict()
-                            for name, fn in GRADE_METRICS.items()}
-    counts = pd.Series(patients).value_counts()
-    metrics["grading"] = {
+                                                          weights, seed=seed)
+    # Score test, then write its predictions and the metrics.
+    grading = _grading_record(decoder, settings, fitted, test, meta)
+    metrics = _test_metrics(val, val_probs, test, preds, probs, settings, grading=grading)
+    metrics.update(precision=resolved, hardware=hardware(dev))
+    write_csv(predictions_out, _predictions_frame(test, preds, probs))
+    metrics["seconds"] = round(time.perf_counter() - started, 1)  # the stage's wall time, model loading included
+    write_json(metrics_out, metrics)
+    print(_summary_line(model_path, metrics))
+    return metrics
+
+
+def _check_settings(settings: EvalSettings) -> None:
+    """ValueError when ``settings.tta`` is unknown or ``settings.blend_c`` is not positive."""
+    if settings.tta not in TTA:
+        raise ValueError(f"evaluate.tta {settings.tta!r}; choose one of {list(TTA)}")
+    if not settings.blend_c > 0:
+        raise ValueError(f"evaluate.blend_c must be positive, got {settings.blend_c!r}")
+
+
+def _load_model_with_head(
+    model_path: str | os.PathLike[str], device: Any, head: str | None
+) -> tuple[Any, dict[str, Any], Decoder]:
+    """The model at ``model_path``, its metadata and its decoder; ValueError naming both heads when ``head``
+    (params.yaml's) is not the one the model was trained with."""
+    model, meta = load_model(model_path, device)
+    decoder = model_decoder(meta)
+    if head is not None and head != decoder.head:
+        raise ValueError(f"{model_path} was trained with head {decoder.head!r} but params.yaml asks for head {head!r}; "
+                         f"retrain it (dvc repro) or set head: {decoder.head}")
+    return model, meta, decoder
+
+
+def _grading_record(
+    decoder: Decoder, settings: EvalSettings, fitted: dict[str, Any], test: Split, meta: dict[str, Any]
+) -> dict[str, Any]:
+    """The metrics' ``grading`` section: how test was graded, and what was fitted to grade it."""
+    counts = pd.Series(np.asarray(test.patients)).value_counts()
+    return {
         "head": decoder.head, "tta": settings.tta, "patient_blend": settings.patient_blend, **fitted,
         # Graded from that eye alone (the blend falls back to it).
         "test_patients_with_one_eye": int((counts == 1).sum()),
         # How the train stage left the last layer (retinopathy.refit); absent from model files made before it.
         "refit": meta.get("refit", {"applied": False, "reason": "the model file has no refit record"}),
     }
-    metrics["referable"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=2)
-    metrics["sight_threatening"] = screening(val_labels, val_probs, labels, probs, patients, settings, from_grade=3)
+
+
+def _test_metrics(
+    val: Split, val_probs: np.ndarray, test: Split, preds: np.ndarray, probs: np.ndarray, settings: EvalSettings, *,
+    grading: dict[str, Any],
+) -> dict[str, Any]:
+    """Test grade metrics with patient-bootstrap intervals, ``grading``, the referable and sight-threatening
+    screening metrics (:func:`screening`) and the bootstrap's settings."""
+    labels, patients = test.labels, np.asarray(test.patients)
+    boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
+    metrics: dict[str, Any] = summarize(labels, preds)
+    metrics["intervals"] = {name: patient_bootstrap(fn, [labels, preds], patients, **boot).to_dict()
+                            for name, fn in GRADE_METRICS.items()}
+    metrics["grading"] = grading
+    metrics["referable"] = screening(val.labels, val_probs, labels, probs, patients, settings, from_grade=2)
+    metrics["sight_threatening"] = screening(val.labels, val_probs, labels, probs, patients, settings, from_grade=3)
     metrics["bootstrap"] = {"unit": "patient", "patients": int(len(set(patients))),
                             "resamples": settings.bootstrap_resamples, "confidence": settings.confidence,
                             "seed": settings.bootstrap_seed}
-    metrics.update(precision=resolved, hardware=hardware(dev))
-    frame = pd.DataFrame({"image": names, "patient": patients, "actual": labels, "predicted": preds})
+    return metrics
+
+
+def _predictions_frame(test: Split, preds: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
+    """The test predictions CSV: image, patient, actual and predicted grade, p0..p4 and p_referable."""
+    frame = pd.DataFrame({"image": test.names, "patient": np.asarray(test.patients), "actual": test.labels,
+                          "predicted": preds})
     for grade in GRADES:
         frame[f"p{grade}"] = probs[:, grade].round(5)
     frame["p_referable"] = referable_score(probs).round(5)
-    write_csv(predictions_out, frame)
-    metrics["seconds"] = round(time.perf_counter() - started, 1)  # the stage's wall time, model loading included
-    write_json(metrics_out, metrics)
+    return frame
+
+
+def _summary_line(model_path: str | os.PathLike[str], metrics: dict[str, Any]) -> str:
+    """One line for the terminal: test accuracy, kappa, macro-F1 and referable AUC, with intervals."""
     auc = metrics["referable"]["auc"]
-    print(
+    return (
         f"{model_path}: accuracy {metrics['accuracy']:.4f}, kappa {metrics['kappa']:.4f} "
         f"[{metrics['intervals']['kappa']['low']:.3f}, {metrics['intervals']['kappa']['high']:.3f}], "
         f"macro-F1 {metrics['macro_f1']:.4f}, referable AUC {auc['value']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]"
     )
-    return metrics

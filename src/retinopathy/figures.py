@@ -42,14 +42,14 @@ def make_figures(
     seeds: Sequence[int],
     eval_dir: str | os.PathLike[str],
     predictions_dir: str | os.PathLike[str],
-    history_dir: str | os.PathLike[str],
+    live_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     plots_dir: str | os.PathLike[str],
     dpi: int,
     archs: Sequence[str] = ARCHS,
 ) -> pd.DataFrame:
     """Draw the figures into ``out_dir`` and write the `dvc plots` CSVs into ``plots_dir``; return the summary table."""
-    runs = load_runs(seeds, eval_dir=eval_dir, predictions_dir=predictions_dir, train_dir=history_dir, archs=archs)
+    runs = load_runs(seeds, eval_dir=eval_dir, predictions_dir=predictions_dir, live_dir=live_dir, archs=archs)
     pooled_by_variant = {variant: _pooled(variant_runs) for variant, variant_runs in runs.items()}
     rows = {}
     # Each folder replaces only an earlier run's figures or plots (retinopathy.utils.atomic_path refuses others).

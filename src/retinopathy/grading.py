@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 from tqdm.auto import tqdm
 
+from retinopathy.decoding import Decoder
 from retinopathy.images import open_rgb
 from retinopathy.inference import grading_precision, load_model, model_decoder, outputs, photograph_input
 from retinopathy.preprocessing import Cropped, failure_reason, image_failure
@@ -133,9 +134,9 @@ def patient_and_eye(path: Path) -> tuple[str, str]:
     return (str(path.parent / stem), side) if sep and stem and side in ("left", "right") else ("", "")
 
 
-def patient_grades(frame: pd.DataFrame) -> pd.Series:
-    """The worse eye's predicted grade of each patient, on all its rows; empty unless a left and a right eye were
-    graded.
+def patient_grade_column(frame: pd.DataFrame) -> pd.Series:
+    """The CSV's ``patient_grade``: on every row of a patient, the worse eye's predicted grade; NA unless a left and
+    a right eye of that patient were graded.
 
     Two photographs of one eye do not make a two-eye patient.
     """
@@ -255,19 +256,45 @@ def grade_photographs(
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    # The model, its own decoding, and the arithmetic to grade in.
     dev = select_device(device)
     model, meta = load_model(model_path, dev)
     decoder = model_decoder(meta)
     precision, _ = grading_precision(meta, dev, model_path=model_path)
+    # The photographs; outputs that collide with what is read are refused before anything is written.
     paths, failures = collect_inputs(inputs)
     heat_dir = Path(heatmaps) if heatmaps is not None else None
     check_grading_outputs(Path(model_path), [Path(item) for item in inputs], paths,
                           out=Path(out) if out is not None else None, heatmaps=heat_dir)
     for failure in failures:
         print(f"cannot grade {failure}", file=sys.stderr)
-    heat_targets = heatmap_paths(heat_dir, paths) if heat_dir is not None else {}
+    heat_targets = heatmap_paths(heat_dir, paths) if heat_dir is not None else None
     if heat_dir is not None:
         heat_dir.mkdir(parents=True, exist_ok=True)
+    # Grade batch by batch, then write the table whole.
+    rows, written = _grade_batches(model, meta, decoder, dev, precision, paths, batch_size=batch_size,
+                                   heat_targets=heat_targets, failures=failures, progress=progress)
+    frame = _grading_frame(rows, len(meta["grade_names"]))
+    if out is not None:
+        write_csv(out, frame)
+    return Grading(frame, meta["grade_names"], failures, written)
+
+
+def _grade_batches(
+    model: nn.Module, meta: dict[str, Any], decoder: Decoder, device: torch.device, precision: str,
+    paths: Sequence[Path], *, batch_size: int, heat_targets: dict[Path, Path] | None, failures: list[Failure],
+    progress: bool,
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """Grade ``paths`` ``batch_size`` at a time, with a progress bar.
+
+    Args:
+        heat_targets: each photograph's heatmap file (:func:`heatmap_paths`), or None for no heatmaps.
+        failures: each photograph that cannot be graded (or whose heatmap cannot be written) is appended here
+            and named on stderr.
+
+    Returns:
+        The CSV row of each graded photograph (:func:`_row`), in order, and the heatmaps written.
+    """
     rows: list[dict[str, Any]] = []
     written: list[Path] = []
     bar = tqdm(total=len(paths), desc="grade", unit="img", dynamic_ncols=True, disable=not progress)
@@ -283,24 +310,27 @@ def grade_photographs(
         if not batch:
             continue
         images = torch.stack([tensor for _, tensor, _ in batch])
-        raw = outputs(model, images, dev, precision=precision, head=decoder.head).numpy()
+        batch_outputs = outputs(model, images, device, precision=precision, head=decoder.head).numpy()
         # The model's own decoding: argmax, or the cut-points tuned on its validation set.
-        probs, grades = decoder.probabilities(raw), decoder.grades(raw)
+        probs, grades = decoder.probabilities(batch_outputs), decoder.grades(batch_outputs)
         kept = [True] * len(batch)
-        if heat_dir is not None:
+        if heat_targets is not None:
             # A regression head has one output: its map shows what raises the predicted grade.
-            cams = grad_cams(model, images, grades if decoder.head == "classification" else [0] * len(batch), dev)
+            cams = grad_cams(model, images, grades if decoder.head == "classification" else [0] * len(batch), device)
             kept = _write_heatmaps(batch, cams, heat_targets, fail)
             written += [heat_targets[path] for (path, _, _), keep in zip(batch, kept) if keep]
         rows += [_row(path, p, grade) for (path, _, _), p, grade, keep in zip(batch, probs, grades, kept) if keep]
     bar.close()
-    columns = ["image", "patient", "eye", "grade", *[f"p{g}" for g in range(len(meta["grade_names"]))], "p_referable"]
+    return rows, written
+
+
+def _grading_frame(rows: list[dict[str, Any]], grades: int) -> pd.DataFrame:
+    """The CSV's table: ``rows`` under the CSV's columns, and each row's ``patient_grade``."""
+    columns = ["image", "patient", "eye", "grade", *[f"p{g}" for g in range(grades)], "p_referable"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["grade"] = frame["grade"].astype(int)
-    frame["patient_grade"] = patient_grades(frame)
-    if out is not None:
-        write_csv(out, frame)
-    return Grading(frame, meta["grade_names"], failures, written)
+    frame["patient_grade"] = patient_grade_column(frame)
+    return frame
 
 
 def _read_batch(

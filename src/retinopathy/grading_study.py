@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from retinopathy.data import CLASS_WEIGHTING
-from retinopathy.params import ParamsError, check_known, get
-from retinopathy.precision import PRECISIONS, cpu_info
-from retinopathy.training import OPTIMIZERS, SCHEDULES, SELECT_ON, TrainConfig
-from retinopathy.variants import train_variant
+from retinopathy.params import ParamsError, check_known, get, load_settings
+from retinopathy.precision import cpu_info
+from retinopathy.settings import TrainConfig
+from retinopathy.train_stage import train_variant
 
 NONE = "none"  # the baseline of both knobs: no refit, no blend
 STUDY_PARAMS = "studies/grading/params.yaml"
@@ -127,8 +126,9 @@ class StudyLayout:
     def checkpoint(self, name: str) -> Path:
         return self.root / "checkpoints" / f"{name}.pt"
 
-    def history(self, name: str) -> Path:
-        return self.root / "metrics" / "train" / f"{name}.tsv"
+    def live(self, name: str) -> Path:
+        """The training run's per-epoch dvclive folder."""
+        return self.root / "metrics" / "live" / name
 
     def train_summary(self, name: str) -> Path:
         return self.root / "metrics" / "train" / f"{name}.json"
@@ -155,30 +155,17 @@ def machine() -> dict[str, Any]:
 # Stage train@<seed>: the project's training, without the refit.
 
 
-def train_config(params: dict[str, Any], seed: int) -> TrainConfig:
-    """The train stage's settings from the project's params.yaml, for a classification head graded by argmax.
+# The top-level keys the study's train stage reads (its dvc.yaml entry declares them): all but the split seed and the
+# grading choices the study fixes. The refit and every argmax arm need a classification head, and the study tunes
+# its own cut-points (:func:`retinopathy.ablation.components`).
+TRAIN_KEYS = tuple(item.name for item in fields(TrainConfig)
+                   if item.name not in ("seed", "head", "decode", "refit_classifier", "refit_c"))
 
-    ``head`` and ``decode`` are not read: the refit and every argmax arm need a classification head, and the
-    study tunes its own cut-points (:func:`retinopathy.ablation.components`).
-    """
-    return TrainConfig(
-        lr=get(params, "lr", float),
-        batch_size=get(params, "batch_size", int),
-        epochs=get(params, "epochs", int),
-        weight_decay=get(params, "weight_decay", float),
-        momentum=get(params, "momentum", float),
-        optimizer=get(params, "optimizer", str, choices=OPTIMIZERS),
-        lr_schedule=get(params, "lr_schedule", str, choices=SCHEDULES),
-        class_weighting=get(params, "class_weighting", str, choices=CLASS_WEIGHTING),
-        select_on=get(params, "select_on", str, choices=SELECT_ON),
-        num_workers=get(params, "num_workers", int),
-        seed=seed,
-        compile=get(params, "compile", bool),
-        sync_bn=get(params, "sync_bn", bool),
-        precision=get(params, "precision", str, choices=PRECISIONS),
-        head="classification",
-        decode="argmax",
-    )
+
+def train_config(params: dict[str, Any], seed: int) -> TrainConfig:
+    """The train stage's settings from the project's params.yaml, for a classification head graded by argmax."""
+    return load_settings(TrainConfig, params, keys=TRAIN_KEYS, seed=seed, head="classification", decode="argmax",
+                         refit_classifier=False)
 
 
 def train_network(
@@ -190,9 +177,7 @@ def train_network(
     return train_variant(
         axes.arch, pretrained=axes.pretrained, config=train_config(params, seed), data_dir=data_dir,
         start_path=Path(start_dir) / axes.variant, model_out=layout.model(name),
-        history_out=layout.history(name), summary_out=layout.train_summary(name),
-        flip=get(params, "flip", bool), rotation=get(params, "rotation", float),
-        zero_init_residual=get(params, "zero_init_residual", bool), device=get(params, "device", str),
+        summary_out=layout.train_summary(name), live_dir=layout.live(name),
         # Outside the stage's outputs, which DVC deletes before a rerun; the run deletes it when done.
-        resume_path=layout.checkpoint(name), refit=False,
+        resume_path=layout.checkpoint(name),
     )

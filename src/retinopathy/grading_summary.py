@@ -38,7 +38,7 @@ from retinopathy.metrics import accuracy, macro_f1, quadratic_weighted_kappa
 from retinopathy.params import check_known, get
 from retinopathy.plotting import forest
 from retinopathy.results import ARCH_LABELS, read_json
-from retinopathy.statistics import paired_difference
+from retinopathy.statistics import IntervalSettings, paired_difference
 from retinopathy.utils import atomic_path, write_json
 
 COMMAND = "dvc repro studies/grading/dvc.yaml"
@@ -50,12 +50,9 @@ ARM_KEYS = ("refit", "blend")  # one argmax arm, no TTA
 
 
 @dataclass(frozen=True)
-class SummarySettings:
-    """The ``summary`` section of the study's params.yaml."""
+class SummarySettings(IntervalSettings):
+    """The ``summary`` section of the study's params.yaml: how its intervals are drawn, and its figure's resolution."""
 
-    bootstrap_resamples: int = 2000
-    confidence: float = 0.95
-    bootstrap_seed: int = 0
     dpi: int = 110
 
 
@@ -182,11 +179,8 @@ def paired_differences(
                                            "(see their grade records' errors)"})
                     continue
                 first, second, labels, patients = _aligned(predictions, pair, split, seeds)
-                diff = paired_difference(
-                    fn, labels, first, second, patients, n_resamples=settings.bootstrap_resamples,
-                    confidence=settings.confidence, seed=settings.bootstrap_seed, paired_seeds=True,
-                    names=(pair["first_label"], pair["second_label"]),
-                )
+                diff = paired_difference(fn, labels, first, second, patients, paired_seeds=True,
+                                         names=(pair["first_label"], pair["second_label"]), **settings.keywords())
                 out.append({**row, **{key: _number(diff[key]) for key in ("difference", "low", "high")},
                             "verdict": diff["verdict"]})
     return out

@@ -24,7 +24,8 @@ from retinopathy.data import build_transform
 from retinopathy.decoding import Decoder, head_outputs
 from retinopathy.models import build_model
 from retinopathy.precision import autocast, resolve_precision
-from retinopathy.preprocessing import Cropped, CropSettings, crop_photograph, crop_settings_record
+from retinopathy.preprocessing import Cropped, CropSettings, crop_photograph
+from retinopathy.settings import TTA
 from retinopathy.utils import load_checkpoint
 
 # Bumped when a key's meaning changes; files without it (or with another) are refused, not guessed at.
@@ -33,7 +34,6 @@ MODEL_FORMAT = "retinopathy-model/2"
 # International Clinical Diabetic Retinopathy scale, grade 0..4.
 GRADE_NAMES = ("No DR", "Mild", "Moderate", "Severe", "Proliferative DR")
 # Test-time augmentation: none, or the mean over the identity and the three flips (horizontal, vertical, both).
-TTA = ("none", "flips")
 # What grading needs besides the weights; everything else in a checkpoint is provenance.
 REQUIRED_KEYS = ("arch", "state_dict", "head", "decoding", "grade_names", "preprocessing", "mean", "std")
 
@@ -60,7 +60,7 @@ def model_metadata(
     """
     decoder = decoder or Decoder()
     record = (
-        crop_settings_record(crop) if isinstance(crop, CropSettings)
+        crop.to_record() if isinstance(crop, CropSettings)
         else {k: crop[k] for k in ("size", "fov_threshold", "graham", "graham_sigma")}
     )
     return {
@@ -150,11 +150,6 @@ def grading_precision(
     raise ValueError(f"{model_path} records precision {recorded!r}; expected fp32, bf16 or fp16")
 
 
-def crop_settings(meta: dict[str, Any]) -> CropSettings:
-    """The preprocess settings a model was trained on."""
-    return CropSettings(**meta["preprocessing"])
-
-
 def photograph_input(path: str | os.PathLike[str], meta: dict[str, Any]) -> tuple[torch.Tensor, Cropped]:
     """The network's input (3, size, size) for one raw photograph, and the crop it came from (for heatmaps).
 
@@ -164,7 +159,7 @@ def photograph_input(path: str | os.PathLike[str], meta: dict[str, Any]) -> tupl
     Raises:
         FileNotFoundError, ValueError: naming the file (corrupt, truncated, no field of view, ...).
     """
-    cropped = crop_photograph(Path(path), crop_settings(meta))
+    cropped = crop_photograph(Path(path), CropSettings.from_record(meta["preprocessing"]))
     transform = build_transform(mean=meta["mean"], std=meta["std"], train=False)
     return transform(cropped.image), cropped
 
@@ -184,7 +179,8 @@ def predict(
     model: nn.Module, loader: DataLoader, device: torch.device, *, precision: str = "fp32", desc: str = "eval",
     head: str = "classification", tta: str = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The head's outputs for every image (see :func:`outputs`) and the loader's labels, in loader order."""
+    """The head's outputs for every image (see :func:`outputs`: softmax probabilities (N, 5) for a classification
+    head, the score (N, 1) for a regression head) and the loader's labels, in loader order."""
     model.eval()
     return over_loader(
         loader, lambda images: outputs(model, images, device, precision=precision, head=head, tta=tta), desc=desc

@@ -24,7 +24,7 @@ import pandas as pd
 
 from retinopathy.metrics import quadratic_weighted_kappa
 from retinopathy.results import ARCH_LABELS, read_json
-from retinopathy.statistics import paired_difference, patient_bootstrap
+from retinopathy.statistics import Interval, IntervalSettings, paired_difference, patient_bootstrap
 from retinopathy.utils import atomic_path, write_csv
 
 ARMS = {"true": "pretrained", "false": "scratch"}
@@ -33,12 +33,9 @@ ARM_COLOURS = {"true": "tab:blue", "false": "tab:orange"}
 
 
 @dataclass(frozen=True)
-class SummarySettings:
-    """The ``summary`` section of the study's params.yaml."""
+class SummarySettings(IntervalSettings):
+    """The ``summary`` section of the study's params.yaml: how its intervals are drawn, and its figure's resolution."""
 
-    bootstrap_resamples: int = 2000
-    confidence: float = 0.95
-    bootstrap_seed: int = 0
     dpi: int = 110
 
 
@@ -78,6 +75,68 @@ def _predictions(folder: Path, arch: str, pretrained: str, seeds: Sequence[int])
     return frames
 
 
+def _labelled_counts(layout: StudyLayout, fraction: float | int, seeds: Sequence[int]) -> dict[str, Any]:
+    """A point's first columns: its fraction, the labelled patients it kept, each split's images, and the seeds."""
+    name = fraction_name(fraction)
+    report = read_json(layout.preprocess(name) / "preprocess_report.json")
+    balance = read_json(layout.preprocess(name) / "label_balance.json")
+    kept = report.get("label_fraction")
+    if kept is None:
+        path = layout.preprocess(name) / "preprocess_report.json"
+        raise ValueError(f"{path} has no label_fraction section: rerun the study's preprocess@{name} stage")
+    return {
+        "fraction": float(fraction),
+        "train_patients": kept["kept_patients"],
+        "train_images": balance["train"]["total"],
+        "val_images": balance["val"]["total"],
+        "test_images": balance["test"]["total"],
+        "seeds": " ".join(str(seed) for seed in seeds),
+    }
+
+
+def _same_test_images(
+    frames: Sequence[pd.DataFrame], reference: list[str] | None, folder: Path, arch: str, pretrained: str,
+    seeds: Sequence[int],
+) -> list[str]:
+    """The test images every prediction file must cover: ``reference``, or the first frame's where there is none yet
+    (ValueError naming a file of ``folder`` that covers others)."""
+    for seed, frame in zip(seeds, frames):
+        images = frame["image"].tolist()
+        if reference is None:
+            reference = images
+        elif images != reference:
+            raise ValueError(
+                f"{folder}/{arch}-{pretrained}-{seed}.csv covers other test images than the "
+                "first point: every fraction must be evaluated on the same test patients "
+                "(rerun the study's preprocess stages)"
+            )
+    assert reference is not None
+    return reference
+
+
+def _arm_columns(arm: str, interval: Interval, per_seed: Sequence[float]) -> dict[str, Any]:
+    """One arm's columns: its mean test QWK with the interval, and the seeds' spread and values."""
+    return {
+        f"{arm}_qwk": round(interval.point, 4),
+        f"{arm}_low": round(interval.low, 4),
+        f"{arm}_high": round(interval.high, 4),
+        f"{arm}_seed_sd": round(float(np.std(per_seed, ddof=1)), 4) if len(per_seed) > 1 else float("nan"),
+        f"{arm}_per_seed": " ".join(f"{value:.4f}" for value in per_seed),
+    }
+
+
+def _difference_columns(diff: dict[str, Any]) -> dict[str, Any]:
+    """The pretrained-minus-scratch columns, from :func:`retinopathy.statistics.paired_difference`'s result."""
+    return {
+        "difference": round(diff["difference"], 4),
+        "difference_low": round(diff["low"], 4),
+        "difference_high": round(diff["high"], 4),
+        "difference_df": diff.get("df", float("nan")),
+        "difference_covers": diff["accounts_for"],
+        "verdict": diff["verdict"],
+    }
+
+
 def summarize_study(
     fractions: Sequence[float | int],
     seeds: Sequence[int],
@@ -103,63 +162,31 @@ def summarize_study(
     """
     if not fractions or not seeds:
         raise ValueError("the study's params.yaml needs at least one fraction in 'fractions' and one seed in 'seeds'")
-    boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
+    boot = settings.keywords()
     rows: list[dict[str, Any]] = []
     reference: list[str] | None = None
     for fraction in sorted(fractions):
         name = fraction_name(fraction)
-        report = read_json(layout.preprocess(name) / "preprocess_report.json")
-        balance = read_json(layout.preprocess(name) / "label_balance.json")
-        kept = report.get("label_fraction")
-        if kept is None:
-            path = layout.preprocess(name) / "preprocess_report.json"
-            raise ValueError(f"{path} has no label_fraction section: rerun the study's preprocess@{name} stage")
-        row: dict[str, Any] = {
-            "fraction": float(fraction),
-            "train_patients": kept["kept_patients"],
-            "train_images": balance["train"]["total"],
-            "val_images": balance["val"]["total"],
-            "test_images": balance["test"]["total"],
-            "seeds": " ".join(str(seed) for seed in seeds),
-        }
+        # What the point trained on: its labelled patients, and each split's images.
+        row = _labelled_counts(layout, fraction, seeds)
+        # Each arm's test QWK over the seeds, every point on the test images of the first.
         outputs = {}
         for pretrained, arm in ARMS.items():
             frames = _predictions(layout.predictions(name), arch, pretrained, seeds)
-            for seed, frame in zip(seeds, frames):
-                images = frame["image"].tolist()
-                if reference is None:
-                    reference = images
-                elif images != reference:
-                    raise ValueError(
-                        f"{layout.predictions(name)}/{arch}-{pretrained}-{seed}.csv covers other test images than the "
-                        "first point: every fraction must be evaluated on the same test patients "
-                        "(rerun the study's preprocess stages)"
-                    )
+            reference = _same_test_images(frames, reference, layout.predictions(name), arch, pretrained, seeds)
             y = frames[0]["actual"].to_numpy()
             patients = frames[0]["patient"].astype(str).to_numpy()
             outputs[pretrained] = [frame["predicted"].to_numpy() for frame in frames]
             interval = patient_bootstrap(mean_kappa, [y, *outputs[pretrained]], patients, **boot)
             per_seed = [float(read_json(layout.eval(name) / f"{arch}-{pretrained}-{seed}.json")["kappa"])
                         for seed in seeds]
-            row.update({
-                f"{arm}_qwk": round(interval.point, 4),
-                f"{arm}_low": round(interval.low, 4),
-                f"{arm}_high": round(interval.high, 4),
-                f"{arm}_seed_sd": round(float(np.std(per_seed, ddof=1)), 4) if len(per_seed) > 1 else float("nan"),
-                f"{arm}_per_seed": " ".join(f"{value:.4f}" for value in per_seed),
-            })
+            row.update(_arm_columns(arm, interval, per_seed))
+        # Pretrained minus scratch, paired on the same test patients.
         diff = paired_difference(
             quadratic_weighted_kappa, y, outputs["true"], outputs["false"], patients,
             names=("pretrained", "from scratch"), **boot,
         )
-        row.update({
-            "difference": round(diff["difference"], 4),
-            "difference_low": round(diff["low"], 4),
-            "difference_high": round(diff["high"], 4),
-            "difference_df": diff.get("df", float("nan")),
-            "difference_covers": diff["accounts_for"],
-            "verdict": diff["verdict"],
-        })
+        row.update(_difference_columns(diff))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import difflib
 import os
+import typing
+from dataclasses import field, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import yaml
 
 
-class ParamsError(KeyError):
-    """A missing, unknown or mistyped key in params.yaml; the message names the key."""
+class ParamsError(KeyError, ValueError):
+    """A missing, unknown or mistyped key in params.yaml, or a value it does not allow; the message names the key."""
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
         return str(self.args[0])
@@ -72,3 +74,61 @@ def check_known(params: dict[str, Any], section: str | None, known: Iterable[str
             hint = f" (did you mean '{near[0]}'?)" if near else ""
             where = f"'{section}.{name}'" if section else f"'{name}'"
             raise ParamsError(f"params.yaml: unknown key {where}{hint}")
+
+
+def setting(default: Any, *, choices: Iterable[Any] | None = None,
+            rule: tuple[Callable[[Any], bool], str] | None = None) -> Any:
+    """A settings field: its default (params.yaml's), its allowed values, and a ``(test, wording)`` rule."""
+    return field(default=default, metadata={"choices": None if choices is None else tuple(choices), "rule": rule})
+
+
+def _key(settings: Any, name: str) -> str:
+    """The dotted params key of a settings field, e.g. ``'pretrain.lr'``."""
+    section = type(settings).SECTION
+    return f"{section}.{name}" if section else name
+
+
+def _typed(key: str, value: Any, kind: Any) -> Any:
+    """``value`` checked against the annotation ``kind`` (ints accepted as floats); ParamsError names ``key``."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # YAML reads 5 as an int
+    ok = isinstance(value, bool) if kind is bool else isinstance(value, kind) and not isinstance(value, bool)
+    if not ok:
+        raise ParamsError(f"params.yaml: key '{key}' must be {kind.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_fields(settings: Any) -> None:
+    """Check each field of a frozen settings dataclass against its annotation, choices and rule.
+
+    Ints given for float fields become floats. Raises:
+        ParamsError: naming the params key of the first field that fails.
+    """
+    kinds = typing.get_type_hints(type(settings))
+    for item in fields(settings):
+        key = _key(settings, item.name)
+        value = _typed(key, getattr(settings, item.name), kinds[item.name])
+        object.__setattr__(settings, item.name, value)
+        choices, rule = item.metadata.get("choices"), item.metadata.get("rule")
+        if choices is not None and value not in choices:
+            raise ParamsError(f"params.yaml: key '{key}' is {value!r}; choose one of {list(choices)}")
+        if rule is not None and not rule[0](value):
+            raise ParamsError(f"params.yaml: key '{key}' must be {rule[1]}, got {value!r}")
+
+
+S = TypeVar("S")
+
+
+def load_settings(cls: type[S], params: dict[str, Any], *, keys: Iterable[str] | None = None, **given: Any) -> S:
+    """Fill the settings class ``cls`` from its section of ``params`` (``cls.SECTION``; None: the top level).
+
+    Every key of the section must be a field of ``cls`` (the top level also allows ``cls.OTHER_KEYS``), and
+    every field read must be present. ``keys`` reads only those fields, so that a stage reads exactly
+    the keys its dvc.yaml entry declares; the others keep their defaults. ``given`` sets fields directly.
+    """
+    names = [item.name for item in fields(cls)]
+    check_known(params, cls.SECTION, [*names, *getattr(cls, "OTHER_KEYS", ())])
+    wanted = names if keys is None else list(keys)
+    prefix = f"{cls.SECTION}." if cls.SECTION else ""
+    values = {name: get(params, prefix + name, (object, bool)) for name in wanted if name not in given}
+    return cls(**values, **given)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from retinopathy.settings import PRECISIONS
+
 # CPU flags (as /proc/cpuinfo spells them) that mean bf16 arithmetic runs natively.
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 

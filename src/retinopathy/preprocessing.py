@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, NoReturn, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,9 +27,9 @@ from retinopathy import NUM_CLASSES
 from retinopathy.data import keep_labelled_fraction, label_balance, patient_grades, patient_of, split_by_patient
 from retinopathy.fundus import FieldOfView, crop_square, find_fov, local_average_subtraction
 from retinopathy.images import open_rgb
+from retinopathy.settings import BAD_IMAGE_POLICIES, LEAK_POLICIES
 from retinopathy.utils import atomic_path, write_json
 
-BAD_IMAGE_POLICIES = ("error", "skip")
 # libjpeg decodes at 1/2, 1/4 or 1/8 scale for a fraction of the full cost. Asking for a shorter
 # side of at least 1.25 x the output keeps the field of view (as tall as the frame, or taller
 # where the camera cuts it) wider than the output; where it is not, the image is decoded again
@@ -50,8 +50,18 @@ class CropSettings:
     size: int = 64
     fov_threshold: int = 20
     graham: bool = False
-    graham_sigma: float = 1 / 30
+    graham_sigma: float = 0.0333
     draft: bool = True
+
+    def to_record(self) -> dict[str, Any]:
+        """The settings that change the pixels (``draft`` does not), as written to stats.json and into each model."""
+        return {"size": self.size, "fov_threshold": self.fov_threshold, "graham": self.graham,
+                "graham_sigma": self.graham_sigma}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "CropSettings":
+        """The settings a :meth:`to_record` record holds (a model's ``preprocessing``), ``draft`` at its default."""
+        return cls(**record)
 
 
 class Processed(NamedTuple):
@@ -111,12 +121,6 @@ def crop_photograph(src: str | os.PathLike[str], settings: CropSettings) -> Crop
     if settings.graham:
         image = local_average_subtraction(image, sigma_fraction=settings.graham_sigma)
     return Cropped(image, fov, frame_size)
-
-
-def crop_settings_record(settings: CropSettings) -> dict[str, Any]:
-    """The settings that change the pixels (``draft`` does not), as written to stats.json and into each model."""
-    return {"size": settings.size, "fov_threshold": settings.fov_threshold, "graham": settings.graham,
-            "graham_sigma": settings.graham_sigma}
 
 
 def process_image(src: Path, dst: Path, settings: CropSettings) -> Processed:
@@ -199,7 +203,6 @@ def assign_splits(
     return splits
 
 
-LEAK_POLICIES = ("error", "warn", "resplit")
 LABELLED_SPLITS = ("train", "val", "test")
 
 
@@ -250,34 +253,9 @@ def resolve_split_leaks(
         raise ValueError(f"data.on_split_leak must be one of {list(LEAK_POLICIES)}, got {policy!r}")
     leaks = split_leaks(splits)
     if leaks and policy == "error":
-        lines = [", ".join(f"{split}: {', '.join(leak[split])}" for split in LABELLED_SPLITS if split in leak)
-                 for leak in leaks]
-        shown = "\n    ".join(f"patient {leak['patient']!r}: {line}" for leak, line in list(zip(leaks, lines))[:20])
-        more = f"\n    ... and {len(leaks) - 20} more" if len(leaks) > 20 else ""
-        raise SplitLeakError(
-            f"{len(leaks)} patient(s) have eyes on both sides of the given split, so test scores would be inflated:"
-            f"\n    {shown}{more}\n"
-            "Set data.on_split_leak: warn to keep the split as given (listed in the report) or resplit to move them "
-            "to one side."
-        )
-    out = dict(splits)
-    moved: list[str] = []
-    if leaks and policy == "resplit":
-        for leak in leaks:
-            target = "test" if "test" in leak else "val"
-            for split in LABELLED_SPLITS:
-                if split in leak and split != target:
-                    frame = out[split]
-                    leaving = frame["image"].isin(leak[split])
-                    out[target] = pd.concat([out[target], frame[leaving]], ignore_index=True)
-                    out[split] = frame[~leaving].reset_index(drop=True)
-                    moved += [f"{image} ({split} -> {target})" for image in leak[split]]
-    pool_dropped: dict[str, list[str]] = {split: [] for split in HELD_OUT_SPLITS}
-    if "unlabeled" in out:
-        pool = out["unlabeled"]
-        of_held_out = of_held_out_patients(pool["image"], out)
-        pool_dropped = {split: pool.loc[mask, "image"].astype(str).tolist() for split, mask in of_held_out.items()}
-        out["unlabeled"] = pool[~np.logical_or.reduce(list(of_held_out.values()))].reset_index(drop=True)
+        raise _split_leak_error(leaks)
+    out, moved = _move_leaking_patients(splits, leaks) if leaks and policy == "resplit" else (dict(splits), [])
+    pool_dropped = _drop_pool_images_of_held_out_patients(out)
     if leaks and policy == "warn":
         print(
             f"WARNING: {len(leaks)} patient(s) have eyes on both sides of the given split (kept as given, "
@@ -293,6 +271,51 @@ def resolve_split_leaks(
         "pool_images_of_test_patients_dropped": pool_dropped["test"],
     }
     return out, report
+
+
+def _split_leak_error(leaks: list[dict[str, Any]]) -> SplitLeakError:
+    """The error of ``on_split_leak: error``, naming the first 20 leaking patients and the images of each split."""
+    lines = [", ".join(f"{split}: {', '.join(leak[split])}" for split in LABELLED_SPLITS if split in leak)
+             for leak in leaks]
+    shown = "\n    ".join(f"patient {leak['patient']!r}: {line}" for leak, line in list(zip(leaks, lines))[:20])
+    more = f"\n    ... and {len(leaks) - 20} more" if len(leaks) > 20 else ""
+    return SplitLeakError(
+        f"{len(leaks)} patient(s) have eyes on both sides of the given split, so test scores would be inflated:"
+        f"\n    {shown}{more}\n"
+        "Set data.on_split_leak: warn to keep the split as given (listed in the report) or resplit to move them "
+        "to one side."
+    )
+
+
+def _move_leaking_patients(
+    splits: dict[str, pd.DataFrame], leaks: list[dict[str, Any]]
+) -> tuple[dict[str, pd.DataFrame], list[str]]:
+    """``resplit``: each leaking patient's eyes moved to test when one is there, else to val; and each move, as
+    ``"<image> (<from> -> <to>)"``."""
+    out = dict(splits)
+    moved: list[str] = []
+    for leak in leaks:
+        target = "test" if "test" in leak else "val"
+        for split in LABELLED_SPLITS:
+            if split in leak and split != target:
+                frame = out[split]
+                leaving = frame["image"].isin(leak[split])
+                out[target] = pd.concat([out[target], frame[leaving]], ignore_index=True)
+                out[split] = frame[~leaving].reset_index(drop=True)
+                moved += [f"{image} ({split} -> {target})" for image in leak[split]]
+    return out, moved
+
+
+def _drop_pool_images_of_held_out_patients(splits: dict[str, pd.DataFrame]) -> dict[str, list[str]]:
+    """Take the pool images of validation and test patients out of ``splits["unlabeled"]`` (in place, where there
+    is a pool); the images dropped for each of ``val`` and ``test``."""
+    if "unlabeled" not in splits:
+        return {split: [] for split in HELD_OUT_SPLITS}
+    pool = splits["unlabeled"]
+    of_held_out = of_held_out_patients(pool["image"], splits)
+    dropped = {split: pool.loc[mask, "image"].astype(str).tolist() for split, mask in of_held_out.items()}
+    splits["unlabeled"] = pool[~np.logical_or.reduce(list(of_held_out.values()))].reset_index(drop=True)
+    return dropped
 
 
 def apply_label_fraction(
@@ -374,6 +397,9 @@ def _bad_image_error(bad: list[dict], unlisted: Sequence[str], listed: int, repo
     return ValueError(f"{head}:\n  " + "\n  ".join(text) + f"\n{hint}")
 
 
+Row = tuple[str, str, Path]  # (split, image name, source path) of one image to process
+
+
 def build_processed_set(
     tables: dict[str, pd.DataFrame],
     *,
@@ -407,69 +433,26 @@ def build_processed_set(
     """
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise ValueError(f"on_bad_image must be one of {list(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
+    # The splits: by patient, split leaks resolved, data.label_fraction of the training patients kept.
     splits = assign_splits(tables, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     report_path = Path(report_path) if report_path is not None else None
-    try:
-        splits, leaks = resolve_split_leaks(splits, on_split_leak)
-    except SplitLeakError:
-        if report_path is not None:
-            write_json(report_path, {"status": "stopped on split leak",
-                                     "split_leaks": {"policy": on_split_leak, "patients": split_leaks(splits)}})
-        raise
+    splits, leaks = _resolve_leaks_or_report(splits, on_split_leak, report_path)
     splits, fraction_report = apply_label_fraction(splits, fraction=label_fraction, seed=seed)
     workers = workers or default_workers()
-    rows = [(split, name, Path(path))
-            for split, frame in splits.items() for name, path in zip(frame["image"], frame["path"])]
+    rows = _image_rows(splits)
     # A folder left by an earlier run is replaced (DVC removes it before a rerun); one holding other files is refused.
     with atomic_path(out_dir, replace_dir=True) as tmp:
-        for split in splits:
-            (tmp / split).mkdir(parents=True)
-        start = time.perf_counter()
-        outcomes = process_images([(src, tmp / split / f"{name}.png") for split, name, src in rows], settings,
-                                  workers=workers)
-        seconds = time.perf_counter() - start
-        bad = [
-            {"split": split, "image": name, "path": str(src), "kind": out.kind, "message": out.message}
-            for (split, name, src), out in zip(rows, outcomes)
-            if out.kind is not None
-        ]
-        report = {
-            "on_bad_image": on_bad_image,
-            "images_listed": len(rows),
-            "images_processed": len(rows) - len(bad),
-            "bad_image_count": len(bad),
-            "bad_images": bad,
-            "unlisted_file_count": len(unlisted),
-            "unlisted_files": list(unlisted),
-            "split_leaks": leaks,
-            "label_fraction": fraction_report,
-            "size": settings.size,
-            "workers": workers,
-            "seconds": round(seconds, 2),
-            "images_per_second": round(len(rows) / seconds, 2) if seconds > 0 else None,
-        }
+        # Crop every image, then stop on bad input or leave it out, as on_bad_image says.
+        outcomes, bad, seconds = _process_rows(rows, tmp, list(splits), settings, workers)
+        report = _processing_report(rows, bad, unlisted, seconds, on_bad_image=on_bad_image, leaks=leaks,
+                                    fraction_report=fraction_report, settings=settings, workers=workers)
         if on_bad_image == "error" and (bad or unlisted):
-            if report_path is not None:
-                write_json(report_path, {"status": "stopped on bad input", **report})
-            raise _bad_image_error(bad, unlisted, len(rows), report_path)
-        dropped = {(b["split"], b["image"]) for b in bad}
-        kept = {split: frame[[(split, name) not in dropped for name in frame["image"]]].reset_index(drop=True)
-                for split, frame in splits.items()}
-        empty = [split for split in ("train", "val", "test") if kept[split].empty]
-        if empty:
-            raise ValueError(f"no images left in split(s) {empty} after leaving out {len(bad)} bad image(s)")
-        for split, frame in kept.items():
-            columns = ["image"] if split == "unlabeled" else ["image", "level"]
-            frame[columns].to_csv(tmp / f"{split}.csv", index=False)
-        train_sums = [out.sums for (split, _, _), out in zip(rows, outcomes) if split == "train" and out.kind is None]
-        pixels = sum(out.pixels for (split, _, _), out in zip(rows, outcomes) if split == "train" and out.kind is None)
-        mean, std = _channel_stats(np.sum(train_sums, axis=0), pixels)
-        (tmp / "stats.json").write_text(
-            json.dumps({"mean": mean, "std": std, "size": settings.size, "crop": crop_settings_record(settings)},
-                       indent=2) + "\n"
-        )
-    balance = {split: label_balance(frame["level"]) for split, frame in kept.items() if split != "unlabeled"}
-    write_json(balance_path, balance)
+            _stop_on_bad_input(report, bad, unlisted, len(rows), report_path)
+        kept = _without_bad_images(splits, bad)
+        _write_tables(tmp, kept)
+        _write_stats(tmp, rows, outcomes, settings)
+    # Outside the set: the label balance, the report and one line for the terminal.
+    _write_label_balance(balance_path, kept)
     counts = {split: len(frame) for split, frame in kept.items()}
     if report_path is not None:
         write_json(report_path, {"status": "ok", **report, "splits": counts})
@@ -477,6 +460,111 @@ def build_processed_set(
     print(f"processed {len(rows) - len(bad)} images into {out_dir} at {report['images_per_second']} images/s "
           f"on {workers} worker(s): {counts}{skipped}")
     return counts
+
+
+def _resolve_leaks_or_report(
+    splits: dict[str, pd.DataFrame], policy: str, report_path: Path | None
+) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """:func:`resolve_split_leaks`; when it stops on a leak, the report (if any) says so and lists the patients."""
+    try:
+        return resolve_split_leaks(splits, policy)
+    except SplitLeakError:
+        if report_path is not None:
+            write_json(report_path, {"status": "stopped on split leak",
+                                     "split_leaks": {"policy": policy, "patients": split_leaks(splits)}})
+        raise
+
+
+def _image_rows(splits: dict[str, pd.DataFrame]) -> list[Row]:
+    """Every image to process, split by split in table order."""
+    return [(split, name, Path(path))
+            for split, frame in splits.items() for name, path in zip(frame["image"], frame["path"])]
+
+
+def _process_rows(
+    rows: Sequence[Row], folder: Path, splits: Sequence[str], settings: CropSettings, workers: int
+) -> tuple[list[Processed], list[dict[str, Any]], float]:
+    """Each row's image processed into ``folder/<split>/<image>.png``.
+
+    Returns:
+        Each row's outcome; the report's entry (split, image, path, kind, message) of each image that could not
+        be processed; and the seconds the processing took.
+    """
+    for split in splits:
+        (folder / split).mkdir(parents=True)
+    start = time.perf_counter()
+    outcomes = process_images([(src, folder / split / f"{name}.png") for split, name, src in rows], settings,
+                              workers=workers)
+    seconds = time.perf_counter() - start
+    bad = [
+        {"split": split, "image": name, "path": str(src), "kind": out.kind, "message": out.message}
+        for (split, name, src), out in zip(rows, outcomes)
+        if out.kind is not None
+    ]
+    return outcomes, bad, seconds
+
+
+def _processing_report(
+    rows: Sequence[Row], bad: list[dict[str, Any]], unlisted: Sequence[str], seconds: float, *, on_bad_image: str,
+    leaks: dict[str, Any], fraction_report: dict[str, Any], settings: CropSettings, workers: int,
+) -> dict[str, Any]:
+    """The preprocess report: bad input, split leaks, the label fraction, and the run's throughput."""
+    return {
+        "on_bad_image": on_bad_image,
+        "images_listed": len(rows),
+        "images_processed": len(rows) - len(bad),
+        "bad_image_count": len(bad),
+        "bad_images": bad,
+        "unlisted_file_count": len(unlisted),
+        "unlisted_files": list(unlisted),
+        "split_leaks": leaks,
+        "label_fraction": fraction_report,
+        "size": settings.size,
+        "workers": workers,
+        "seconds": round(seconds, 2),
+        "images_per_second": round(len(rows) / seconds, 2) if seconds > 0 else None,
+    }
+
+
+def _stop_on_bad_input(
+    report: dict[str, Any], bad: list[dict], unlisted: Sequence[str], listed: int, report_path: Path | None
+) -> NoReturn:
+    """Write the report (if any) as stopped and raise the error naming every bad image and unlisted file."""
+    if report_path is not None:
+        write_json(report_path, {"status": "stopped on bad input", **report})
+    raise _bad_image_error(bad, unlisted, listed, report_path)
+
+
+def _without_bad_images(splits: dict[str, pd.DataFrame], bad: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """Each split less its bad images; ValueError when that leaves train, val or test empty."""
+    dropped = {(b["split"], b["image"]) for b in bad}
+    kept = {split: frame[[(split, name) not in dropped for name in frame["image"]]].reset_index(drop=True)
+            for split, frame in splits.items()}
+    empty = [split for split in ("train", "val", "test") if kept[split].empty]
+    if empty:
+        raise ValueError(f"no images left in split(s) {empty} after leaving out {len(bad)} bad image(s)")
+    return kept
+
+
+def _write_tables(folder: Path, splits: dict[str, pd.DataFrame]) -> None:
+    """``<split>.csv`` in ``folder``: image and level (image only for the unlabelled pool)."""
+    for split, frame in splits.items():
+        columns = ["image"] if split == "unlabeled" else ["image", "level"]
+        frame[columns].to_csv(folder / f"{split}.csv", index=False)
+
+
+def _write_label_balance(path: str | os.PathLike[str], splits: dict[str, pd.DataFrame]) -> None:
+    """The label balance of each labelled split (:func:`retinopathy.data.label_balance`), as JSON at ``path``."""
+    write_json(path, {split: label_balance(frame["level"]) for split, frame in splits.items() if split != "unlabeled"})
+
+
+def _write_stats(folder: Path, rows: Sequence[Row], outcomes: Sequence[Processed], settings: CropSettings) -> None:
+    """``stats.json`` in ``folder``: the processed training images' channel mean and std, and the crop settings."""
+    train = [out for (split, _, _), out in zip(rows, outcomes) if split == "train" and out.kind is None]
+    mean, std = _channel_stats(np.sum([out.sums for out in train], axis=0), sum(out.pixels for out in train))
+    (folder / "stats.json").write_text(
+        json.dumps({"mean": mean, "std": std, "size": settings.size, "crop": settings.to_record()}, indent=2) + "\n"
+    )
 
 
 def _channel_stats(sums: np.ndarray, pixels: int) -> tuple[list[float], list[float]]:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -38,8 +39,26 @@ from retinopathy.startpoints import write_start_point
 from retinopathy.training import make_optimizer, make_schedule, train_one_epoch
 from retinopathy.utils import seed_everything, select_device
 
-SOURCES = ("selfsup", "imagenet")
-METHODS = ("simclr", "rotation")
+
+@dataclass(frozen=True)
+class PretextTraining:
+    """How a pretext task (rotation or SimCLR) trains its network: the ``pretrain`` section's optimiser keys, the
+    top level's ``zero_init_residual``, and the autocast arithmetic."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    momentum: float
+    optimizer: str
+    zero_init_residual: bool = False
+    precision: str = "fp32"
+
+    def optimizer_and_schedule(
+        self, model: nn.Module, steps_per_epoch: int
+    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        """The optimiser of ``model``'s parameters and its cosine schedule over every step of every epoch."""
+        opt = make_optimizer(self.optimizer, model, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
+        return opt, make_schedule("cosine", opt, total_steps=self.epochs * steps_per_epoch)
 
 
 def _rotate_batch(images: torch.Tensor, _labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,31 +73,20 @@ def _rotate_batch(images: torch.Tensor, _labels: torch.Tensor) -> tuple[torch.Te
 
 
 def rotation_pretrain(
-    arch: str,
-    loader: DataLoader,
-    *,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    momentum: float,
-    optimizer: str,
-    device: torch.device,
-    zero_init_residual: bool = False,
-    precision: str = "fp32",
+    arch: str, loader: DataLoader, training: PretextTraining, *, device: torch.device
 ) -> tuple[ResNet, list[dict[str, float]]]:
     """Train ``arch`` to predict rotations of the loader's images (labels are ignored).
 
     Returns:
         The model (its ``fc`` is the 4-way rotation head) and per-epoch pretext loss/accuracy.
     """
-    model = build_model(arch, num_classes=4, zero_init_residual=zero_init_residual).to(device)
-    opt = make_optimizer(optimizer, model, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    schedule = make_schedule("cosine", opt, total_steps=epochs * len(loader))
+    model = build_model(arch, num_classes=4, zero_init_residual=training.zero_init_residual).to(device)
+    opt, schedule = training.optimizer_and_schedule(model, len(loader))
     criterion = nn.CrossEntropyLoss()
     history = []
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, training.epochs + 1):
         stats = train_one_epoch(model, loader, opt, schedule, criterion, device, desc=f"rotation {epoch}",
-                                target_fn=_rotate_batch, precision=precision)
+                                target_fn=_rotate_batch, precision=training.precision)
         history.append({"epoch": epoch, "pretext_loss": stats.loss, "pretext_acc": stats.acc})
         print(f"pretrain epoch {epoch}: rotation loss {stats.loss:.3f} acc {stats.acc:.3f} (chance 0.25)")
     return model, history
@@ -126,17 +134,11 @@ def nt_xent(z: torch.Tensor, temperature: float) -> torch.Tensor:
 def simclr_pretrain(
     arch: str,
     loader: DataLoader,
+    training: PretextTraining,
     *,
-    epochs: int,
-    lr: float,
-    weight_decay: float,
-    momentum: float,
     device: torch.device,
-    optimizer: str = "sgd",
     temperature: float = 0.2,
     projection_dim: int = 128,
-    zero_init_residual: bool = False,
-    precision: str = "fp32",
 ) -> tuple[ResNet, list[dict[str, float]]]:
     """Contrastive pretraining (Chen et al., 2020): two views of an image attract, other images repel.
 
@@ -146,21 +148,20 @@ def simclr_pretrain(
         The backbone model (its ``fc`` is the projection head's first layer, discarded later) and
         per-epoch contrastive loss and positive-pair retrieval accuracy.
     """
-    model = build_model(arch, num_classes=projection_dim, zero_init_residual=zero_init_residual)
+    model = build_model(arch, num_classes=projection_dim, zero_init_residual=training.zero_init_residual)
     width = model.fc.in_features
     model.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
     model.to(device)
-    opt = make_optimizer(optimizer, model, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    schedule = make_schedule("cosine", opt, total_steps=epochs * len(loader))
+    opt, schedule = training.optimizer_and_schedule(model, len(loader))
     history = []
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, training.epochs + 1):
         model.train()
         total, hits, seen = 0.0, 0, 0
         bar = tqdm(loader, desc=f"simclr {epoch}", leave=False, unit="batch", dynamic_ncols=True)
         for views, _ in bar:
             n = views.shape[0]
             x = torch.cat([views[:, 0], views[:, 1]]).to(device, non_blocking=True)
-            with autocast(device, precision):
+            with autocast(device, training.precision):
                 z = model(x)
             loss = nt_xent(z.float(), temperature)
             opt.zero_grad(set_to_none=True)
@@ -254,32 +255,21 @@ def pretrain_backbone(
     start = time.perf_counter()
     dev = select_device(device)
     resolved, reason = resolve_precision(precision, dev)
+    # The backbone: torchvision's ImageNet weights, or a pretext task trained on the images themselves.
     if source == "imagenet":
         state, mean, std, history = imagenet_state_dict(arch), list(IMAGENET_MEAN), list(IMAGENET_STD), []
     elif source == "selfsup":
+        training = PretextTraining(epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                                   optimizer=optimizer, zero_init_residual=zero_init_residual, precision=resolved)
         generator = seed_everything(seed)
-        if method == "rotation":
-            transform = build_transform(mean=stats["mean"], std=stats["std"], train=False)
-        elif method == "simclr":
-            transform = TwoViews(contrastive_transform(stats["size"], mean=stats["mean"], std=stats["std"]))
-        else:
-            raise ValueError(f"unknown pretrain.method {method!r}; choose rotation or simclr")
-        # Labels are never read: the pool and the training images are used as unlabelled pictures.
-        parts = [processed_dataset(data_dir, "train", transform)]
-        if (Path(data_dir) / "unlabeled.csv").is_file():
-            check_pool(data_dir)
-            parts.append(processed_dataset(data_dir, "unlabeled", transform, labelled=False))
-        loader = make_loader(ConcatDataset(parts), batch_size=batch_size, train=True, num_workers=num_workers,
-                             generator=generator, device=dev)
-        common = dict(optimizer=optimizer, epochs=epochs, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                      device=dev, zero_init_residual=zero_init_residual, precision=resolved)
-        if method == "rotation":
-            model, history = rotation_pretrain(arch, loader, **common)
-        else:
-            model, history = simclr_pretrain(arch, loader, **common)
+        loader = _pretext_loader(method, data_dir, stats, batch_size=batch_size, num_workers=num_workers,
+                                 generator=generator, device=dev)
+        pretrain = rotation_pretrain if method == "rotation" else simclr_pretrain
+        model, history = pretrain(arch, loader, training, device=dev)
         state, mean, std = backbone_state(model), stats["mean"], stats["std"]
     else:
         raise ValueError(f"unknown pretrain.source {source!r}; choose selfsup or imagenet")
+    # The start points, with what made them.
     seconds = time.perf_counter() - start
     record = {
         "method": method if source == "selfsup" else None, "history": history, "precision": resolved,
@@ -289,3 +279,29 @@ def pretrain_backbone(
     if scratch_out is not None:
         write_start_point(scratch_out, arch=arch, source="scratch", mean=stats["mean"], std=stats["std"])
     print(f"pretrain {arch} ({source}, {resolved}: {reason}) written to {out} in {seconds:.1f}s")
+
+
+def _pretext_loader(
+    method: str, data_dir: str | os.PathLike[str], stats: dict[str, Any], *, batch_size: int, num_workers: int,
+    generator: torch.Generator, device: torch.device,
+) -> DataLoader:
+    """The shuffled loader of ``method``'s pretext task over the training images and the unlabelled pool.
+
+    Labels are never read: the pool and the training images are used as unlabelled pictures. The pool is
+    checked first (:func:`check_pool`).
+
+    Raises:
+        ValueError: for an unknown ``method``, or a pool holding an eye of a validation or test patient.
+    """
+    if method == "rotation":
+        transform = build_transform(mean=stats["mean"], std=stats["std"], train=False)
+    elif method == "simclr":
+        transform = TwoViews(contrastive_transform(stats["size"], mean=stats["mean"], std=stats["std"]))
+    else:
+        raise ValueError(f"unknown pretrain.method {method!r}; choose rotation or simclr")
+    parts = [processed_dataset(data_dir, "train", transform)]
+    if (Path(data_dir) / "unlabeled.csv").is_file():
+        check_pool(data_dir)
+        parts.append(processed_dataset(data_dir, "unlabeled", transform, labelled=False))
+    return make_loader(ConcatDataset(parts), batch_size=batch_size, train=True, num_workers=num_workers,
+                       generator=generator, device=device)

@@ -15,6 +15,8 @@ ARCHS = ("resnet18", "resnet50")
 PRETRAINED = ("true", "false")
 LABELS = {"true": "pretrained", "false": "from scratch"}
 ARCH_LABELS = {"resnet18": "ResNet18", "resnet50": "ResNet50"}
+# A training run's per-epoch history, in the order the tables and plots show it.
+HISTORY_COLUMNS = ("train_loss", "train_acc", "val_loss", "val_acc", "val_kappa", "test_loss", "test_acc", "test_kappa")
 
 
 def variant_name(arch: str, pretrained: str) -> str:
@@ -47,15 +49,36 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def read_history(folder: str | os.PathLike[str]) -> pd.DataFrame | None:
+    """A training run's per-epoch history from its dvclive folder, one row per epoch; None when it has none.
+
+    Columns: ``epoch`` and ``<split>_<metric>`` (``train_loss``, ``val_kappa``, ...) in :data:`HISTORY_COLUMNS`' order,
+    read from dvclive's ``plots/metrics/<split>/<metric>.tsv`` (:class:`retinopathy.train_stage.EpochLog`).
+    """
+    frame: pd.DataFrame | None = None
+    for path in sorted((Path(folder) / "plots" / "metrics").glob("*/*.tsv")):
+        column = f"{path.parent.name}_{path.stem}"
+        one = pd.read_csv(path, sep="\t").rename(columns={"step": "epoch", path.stem: column})
+        frame = one if frame is None else frame.merge(one, on="epoch", how="outer")
+    if frame is None:
+        return None
+    known = [c for c in HISTORY_COLUMNS if c in frame.columns]
+    return frame[["epoch", *known, *sorted(set(frame.columns) - {"epoch", *known})]]
+
+
 def load_runs(
     seeds: Sequence[int],
     *,
     eval_dir: str | os.PathLike[str] = "metrics/eval",
     predictions_dir: str | os.PathLike[str] = "metrics/predictions",
     train_dir: str | os.PathLike[str] | None = None,
+    live_dir: str | os.PathLike[str] | None = None,
     archs: Sequence[str] = ARCHS,
 ) -> dict[str, list[Run]]:
     """Every variant's runs for ``seeds`` (in that order); files of other seeds in the folders are ignored.
+
+    ``train_dir`` holds the train stage's summaries (``<variant>-<seed>.json``), ``live_dir`` its per-epoch
+    dvclive folders (``<variant>-<seed>/``); either may be None when not wanted.
 
     Raises:
         FileNotFoundError: naming the first missing file.
@@ -84,7 +107,7 @@ def load_runs(
                 run = Run(variant, int(seed), read_json(Path(eval_dir) / f"{key}.json"), predictions)
                 if train_dir is not None:
                     run.summary = read_json(Path(train_dir) / f"{key}.json")
-                    history = Path(train_dir) / f"{key}.tsv"
-                    run.history = pd.read_csv(history, sep="\t") if history.is_file() else None
+                if live_dir is not None:
+                    run.history = read_history(Path(live_dir) / key)
                 runs.setdefault(variant, []).append(run)
     return runs

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from retinopathy.data import listing, read_column, table_problems
+from retinopathy.settings import DATA_SOURCES
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,6 @@ LAYOUTS = {
     "kaggle": Layout(image_dir="train", suffix=".jpeg"),
     "aptos": Layout(image_dir="train_images", suffix=".png"),
 }
-SOURCES = tuple(LAYOUTS)
 
 # The course layout keeps its CSVs next to the images, so only these count as image files there.
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp"}
@@ -127,7 +127,7 @@ def read_source(source: str, root: str | Path) -> dict[str, pd.DataFrame]:
         return read_labelled_csv(root, "trainLabels.csv", ("image", "level"), LAYOUTS[source])
     if source == "aptos":
         return read_labelled_csv(root, "train.csv", ("id_code", "diagnosis"), LAYOUTS[source])
-    raise ValueError(f"unknown data.source {source!r}; choose one of {list(SOURCES)}")
+    raise ValueError(f"unknown data.source {source!r}; choose one of {list(DATA_SOURCES)}")
 
 
 def unlisted_images(source: str, root: str | Path, tables: dict[str, pd.DataFrame]) -> list[str]:

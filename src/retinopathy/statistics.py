@@ -55,6 +55,20 @@ class Interval:
         return {"value": round(self.point, digits), "low": round(self.low, digits), "high": round(self.high, digits)}
 
 
+@dataclass(frozen=True)
+class IntervalSettings:
+    """How a study's summary draws its intervals: the bootstrap's replicates and seed, and the confidence level."""
+
+    bootstrap_resamples: int = 2000
+    confidence: float = 0.95
+    bootstrap_seed: int = 0
+
+    def keywords(self) -> dict[str, Any]:
+        """``n_resamples``, ``confidence`` and ``seed``, as :func:`patient_bootstrap` and :func:`paired_difference`
+        take them."""
+        return {"n_resamples": self.bootstrap_resamples, "confidence": self.confidence, "seed": self.bootstrap_seed}
+
+
 class _PatientIndex:
     """The images of each patient, so that a resample of patients can be expanded to its images quickly."""
 
@@ -325,30 +339,17 @@ def _difference_verdict(
             f"which excludes 0: train a second seed of {single} to decide)")
 
 
-def paired_difference(
-    metric: Callable[..., float],
-    y_true: np.ndarray,
-    outputs_a: Sequence[np.ndarray],
-    outputs_b: Sequence[np.ndarray],
-    patients: Sequence[str] | np.ndarray,
-    *,
-    n_resamples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    names: tuple[str, str] = ("A", "B"),
-    higher_is_better: bool = True,
-    paired_seeds: bool = False,
-) -> dict[str, Any]:
-    """Difference in ``metric`` between models A and B on the same test images, with an interval over test
-    patients and, where there are two or more, training seeds.
+def _difference_interval(
+    difference: float, replicates: np.ndarray, scores: tuple[np.ndarray, np.ndarray], n_patients: int, *,
+    paired_seeds: bool, confidence: float,
+) -> tuple[float, float, int, float | None, str]:
+    """The interval of :func:`paired_difference`: ``(low, high, dropped, df, method)``, ``df`` None for
+    :data:`PATIENT_PERCENTILE`.
 
-    The difference is the mean over A's training seeds of ``metric(y_true, a)`` minus the mean over B's of
-    ``metric(y_true, b)``. Its interval depends on the seeds:
-
-    * One seed per model (``method`` :data:`PATIENT_PERCENTILE`): the percentile interval of the difference
-      over patient resamples (both eyes together, the same patients for A and B, so the comparison is
-      paired); NaN replicates are dropped as in :func:`patient_bootstrap`. Training randomness is not in it.
-    * Otherwise (``method`` :data:`SEED_T`): ``difference -/+ t_{df} * sqrt(V_seeds + V_patients)``.
+    * One seed per model (:data:`PATIENT_PERCENTILE`): the percentile interval of the difference over patient
+      resamples (both eyes together, the same patients for A and B, so the comparison is paired); NaN
+      replicates are dropped as in :func:`patient_bootstrap`. Training randomness is not in it.
+    * Otherwise (:data:`SEED_T`): ``difference -/+ t_{df} * sqrt(V_seeds + V_patients)``.
       ``V_seeds = s_a^2 / n_a + s_b^2 / n_b`` comes from the per-seed metrics on all test patients (for
       ``paired_seeds``, ``s_d^2 / n`` of the per-network differences); since every seed is scored on the
       same patients, that spread is training randomness, the test-set noise being common to all seeds.
@@ -362,9 +363,32 @@ def paired_difference(
       the wide side; with two seeds per model the Welch-Satterthwaite df still run a little high when the
       one-df seed variance comes out small by chance, so the coverage is near the nominal level, not above it.
 
-    Resampling the seeds in the bootstrap instead, as this function once did, is too narrow with few seeds:
-    two seeds can only give {a1, mean, a2}, which understates the seed variance by ``(n - 1) / n`` and treats
-    the spread of two values as known. tests/test_statistics.py simulates both under no true difference.
+    Resampling the seeds in the bootstrap instead is too narrow with few seeds: two seeds can only give
+    {a1, mean, a2}, which understates the seed variance by ``(n - 1) / n`` and treats the spread of two values
+    as known. tests/test_statistics.py simulates both under no true difference.
+    """
+    if max(len(s) for s in scores) < 2:
+        low, high, dropped = _percentile_interval(replicates, confidence)
+        return low, high, dropped, None, PATIENT_PERCENTILE
+    patient_variance, dropped = _bootstrap_variance(replicates)
+    components = [*_seed_components(*scores, paired_seeds), (patient_variance, n_patients - 1)]
+    low, high, df = _t_interval(difference, components, confidence)
+    return low, high, dropped, df, SEED_T
+
+
+def paired_difference(
+    metric: Callable[..., float], y_true: np.ndarray, outputs_a: Sequence[np.ndarray], outputs_b: Sequence[np.ndarray],
+    patients: Sequence[str] | np.ndarray, *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+    names: tuple[str, str] = ("A", "B"), higher_is_better: bool = True, paired_seeds: bool = False,
+) -> dict[str, Any]:
+    """Difference in ``metric`` between models A and B on the same test images, with an interval over test
+    patients and, where there are two or more, training seeds.
+
+    The difference is the mean over A's training seeds of ``metric(y_true, a)`` minus the mean over B's of
+    ``metric(y_true, b)``. With one seed per model its interval is the percentile interval over paired patient
+    resamples (``method`` :data:`PATIENT_PERCENTILE`: training randomness is not in it); otherwise it is
+    ``difference -/+ t_{df} * sqrt(V_seeds + V_patients)``, the variance between training seeds added to the
+    patient-bootstrap one, with Welch-Satterthwaite ``df`` (``method`` :data:`SEED_T`; :func:`_difference_interval`).
 
     Args:
         metric: ``metric(y_true, output) -> float`` (e.g. accuracy on grades, roc_auc on scores).
@@ -389,32 +413,23 @@ def paired_difference(
     y_true = np.asarray(y_true)
     arms = _checked_arms(y_true, outputs_a, outputs_b, names, paired_seeds)
     index = _PatientIndex(patients, len(y_true))
+    # The difference of the seed means, every seed scored on all test patients.
     everything = np.arange(len(y_true))
     scores_a, scores_b = (_seed_scores(metric, y_true, arm, everything) for arm in arms)
     difference = float(scores_a.mean() - scores_b.mean())
-    # scipy.stats.bootstrap takes one statistic of one sample; here every replicate scores every seed of both
-    # arms on the same patients, so it is a plain loop driven by one seeded generator.
+    # Its spread over test patients. scipy.stats.bootstrap takes one statistic of one sample; here every replicate
+    # scores every seed of both arms on the same patients, so it is a plain loop driven by one seeded generator.
     replicates = _patient_replicates(metric, y_true, arms, index, n_resamples=n_resamples, seed=seed)
+    # The interval, from the patient resamples alone or with the spread between training seeds added.
     seeds = (len(arms[0]), len(arms[1]))
-    df: float | None = None
-    if max(seeds) < 2:
-        low, high, dropped = _percentile_interval(replicates, confidence)
-        method = PATIENT_PERCENTILE
-    else:
-        patient_variance, dropped = _bootstrap_variance(replicates)
-        components = [*_seed_components(scores_a, scores_b, paired_seeds), (patient_variance, index.n_patients - 1)]
-        low, high, df = _t_interval(difference, components, confidence)
-        method = SEED_T
+    low, high, dropped, df, method = _difference_interval(difference, replicates, (scores_a, scores_b),
+                                                          index.n_patients, paired_seeds=paired_seeds,
+                                                          confidence=confidence)
+    # The record, with what the interval covers and its reading in words.
     result: dict[str, Any] = {
-        "difference": difference,
-        "low": low,
-        "high": high,
-        "seeds_a": seeds[0],
-        "seeds_b": seeds[1],
-        "resamples": n_resamples,
-        "undefined_resamples": dropped,
-        "accounts_for": _accounts_for(*seeds, names, paired_seeds),
-        "method": method,
+        "difference": difference, "low": low, "high": high, "seeds_a": seeds[0], "seeds_b": seeds[1],
+        "resamples": n_resamples, "undefined_resamples": dropped,
+        "accounts_for": _accounts_for(*seeds, names, paired_seeds), "method": method,
     }
     if df is not None:
         result["df"] = round(df, 2) if np.isfinite(df) else df

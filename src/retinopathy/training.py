@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -22,40 +22,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from retinopathy.data import class_weight_values
 from retinopathy.decoding import DEFAULT_CUTPOINTS, Decoder, check_head
 from retinopathy.distributed import SINGLE, Distributed, broadcast, gather
 from retinopathy.inference import memory_format_for, predict
 from retinopathy.metrics import accuracy, quadratic_weighted_kappa
-from retinopathy.precision import autocast
+from retinopathy.precision import autocast, resolve_precision
 from retinopathy.resume import ResumeCheckpoint, rng_state, set_rng_state
-
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "step")
-SELECT_ON = ("kappa", "accuracy", "loss")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyperparameters (the top level of params.yaml)."""
-
-    lr: float = 1e-3
-    batch_size: int = 32
-    epochs: int = 5
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    optimizer: str = "adamw"
-    lr_schedule: str = "cosine"
-    class_weighting: str = "sqrt_inverse"
-    select_on: str = "kappa"
-    num_workers: int = 0
-    seed: int = 0
-    compile: bool = False  # torch.compile the model: faster steps on CUDA after a compile warm-up
-    # auto | fp32 | bf16 | fp16; train_variant resolves auto for its device (retinopathy.precision)
-    precision: str = "fp32"
-    sync_bn: bool = False  # under torchrun on CUDA: BatchNorm statistics over the global batch
-    head: str = "classification"  # classification (5 logits, cross-entropy) | regression (1 output, smooth L1)
-    decode: str = "argmax"  # argmax | expected (classification): how outputs become grades (retinopathy.decoding)
+from retinopathy.settings import OPTIMIZERS, SCHEDULES, TrainConfig
 
 
 @dataclass
@@ -75,13 +48,6 @@ class FitResult:
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0  # time spent in epochs, summed over every run that contributed (resumes)
-
-
-
-def class_weights(labels: Iterable[int], mode: str) -> torch.Tensor | None:
-    """Loss weights per grade as a tensor (see :func:`retinopathy.data.class_weight_values`); None for ``none``."""
-    values = class_weight_values(labels, mode)
-    return None if values is None else torch.tensor(values, dtype=torch.float32)
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -132,7 +98,6 @@ def make_schedule(
     raise ValueError(f"lr_schedule {name!r}; choose one of {SCHEDULES}")
 
 
-
 class WeightedSmoothL1(nn.Module):
     """Smooth L1 between a one-output head and the grade, each image weighted by its grade's class weight.
 
@@ -179,8 +144,8 @@ def prepare_model(
     """Move ``model`` to ``device`` and wrap it for speed (CUDA, compile) and scale (DDP).
 
     Returns:
-        ``(raw, net)``: ``raw`` owns the parameters, and state dicts are read from it with their
-        usual names; ``net`` is what training calls: ``raw`` itself, or ``raw`` in DDP and/or
+        ``(model, net)``: ``model`` owns the parameters, and state dicts are read from it with their
+        usual names; ``net`` is what training calls: ``model`` itself, or ``model`` in DDP and/or
         ``torch.compile``.
 
     Raises:
@@ -264,7 +229,6 @@ def train_one_epoch(
     return EpochStats(loss=total_loss / max(seen, 1), acc=correct / max(seen, 1))
 
 
-
 def evaluate_split(
     model: nn.Module, loader: DataLoader, device: torch.device, criterion: nn.Module, *, desc: str,
     precision: str = "fp32", head: str = "classification",
@@ -274,15 +238,137 @@ def evaluate_split(
     Grades here use the untuned decoding (argmax, or cut-points 0.5, 1.5, ... for regression): cut-points
     are tuned once, on the chosen epoch, after training (:mod:`retinopathy.decoding`).
     """
-    raw, labels = predict(model, loader, device, precision=precision, desc=desc, head=head)
-    outputs, targets = torch.from_numpy(raw), torch.from_numpy(labels).long()
+    outputs, labels = predict(model, loader, device, precision=precision, desc=desc, head=head)
+    scores, targets = torch.from_numpy(outputs), torch.from_numpy(labels).long()
     # Classification outputs are probabilities: the loss is the NLL of their log, i.e. the cross-entropy.
     loss = (
-        criterion(torch.log(outputs.clamp_min(1e-12)), targets) if head == "classification"
-        else criterion(outputs, targets)
+        criterion(torch.log(scores.clamp_min(1e-12)), targets) if head == "classification"
+        else criterion(scores, targets)
     ).item()
-    preds = Decoder(head=head).grades(raw)
+    preds = Decoder(head=head).grades(outputs)
     return EpochStats(loss=loss, acc=accuracy(labels, preds), kappa=quadratic_weighted_kappa(labels, preds))
+
+
+@dataclass
+class _Loop:
+    """What one training run steps: the model (which owns the weights), its optimiser and losses."""
+
+    model: nn.Module
+    net: nn.Module  # what training calls: the model, or the model in DDP and/or torch.compile
+    eval_net: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    criterion: nn.Module
+    eval_criterion: nn.Module
+
+
+@dataclass
+class _Progress:
+    """How far a run has come: the per-epoch history, the best validation epoch so far and the time spent."""
+
+    best_state: dict[str, torch.Tensor]
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    done: int = 0
+    seconds: float = 0.0
+
+
+def _build_loop(
+    model: nn.Module, config: TrainConfig, device: torch.device, class_weights: torch.Tensor | None, *,
+    world: Distributed, total_steps: int,
+) -> _Loop:
+    """Wrap the model and make its optimiser, per-step schedule, gradient scaler and losses."""
+    model, net = prepare_model(model, device, world=world, compile_model=config.compile, sync_bn=config.sync_bn)
+    optimizer = make_optimizer(
+        config.optimizer, model, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    # Validation and test losses carry the same class weights as the training loss, so the three
+    # curves measure one quantity (training's is on augmented images, in training mode).
+    cpu_weights = None if class_weights is None else class_weights.to("cpu")
+    return _Loop(
+        model=model, net=net,
+        # Rank 0 evaluates alone, so not through DDP, whose forward may wait for the other processes.
+        eval_net=model if world.enabled else net,
+        optimizer=optimizer,
+        schedule=make_schedule(config.lr_schedule, optimizer, total_steps=total_steps),
+        scaler=make_scaler(device, config.precision),
+        criterion=make_criterion(config.head, None if class_weights is None else class_weights.to(device)),
+        eval_criterion=(nn.NLLLoss(weight=cpu_weights) if config.head == "classification"
+                        else WeightedSmoothL1(cpu_weights)),
+    )
+
+
+def _restore(
+    loop: _Loop, resume: ResumeCheckpoint | None, world: Distributed, generator: torch.Generator | None, epochs: int
+) -> _Progress:
+    """Continue from a matching resume snapshot, or start afresh with the initial weights as the best."""
+    progress = _Progress(best_state=copy.deepcopy(loop.model.state_dict()))
+    # Rank 0 reads the snapshot and sends it to the others: on several machines only its disk has it.
+    snapshot = broadcast(resume.load() if resume is not None and world.is_main else None, world)
+    if snapshot is None:
+        return progress
+    loop.model.load_state_dict(snapshot["model"])
+    loop.optimizer.load_state_dict(snapshot["optimizer"])
+    loop.schedule.load_state_dict(snapshot["schedule"])
+    if loop.scaler is not None and snapshot.get("scaler"):
+        loop.scaler.load_state_dict(snapshot["scaler"])
+    best_state = snapshot["best_state"] if snapshot["best_state"] is not None else copy.deepcopy(snapshot["model"])
+    set_rng_state(snapshot["rng"][world.rank], generator)
+    if world.is_main:
+        tqdm.write(f"resuming after epoch {snapshot['epoch']} of {epochs} from {resume.path}")
+    return _Progress(best_state=best_state, best_score=snapshot["best_score"], best_epoch=snapshot["best_epoch"],
+                     history=snapshot["history"], done=snapshot["epoch"], seconds=snapshot["seconds"])
+
+
+def _evaluate_epoch(
+    loop: _Loop, epoch: int, tr: EpochStats, val_loader: DataLoader, test_loader: DataLoader | None,
+    device: torch.device, config: TrainConfig,
+) -> tuple[dict[str, float], float]:
+    """The epoch's history row (train, validation and, when given, test) and its validation score."""
+    def scored(loader: DataLoader, desc: str) -> EpochStats:
+        return evaluate_split(loop.eval_net, loader, device, loop.eval_criterion, desc=desc,
+                              precision=config.precision, head=config.head)
+
+    va = scored(val_loader, "val")
+    row = {"epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc,
+           "val_loss": va.loss, "val_acc": va.acc, "val_kappa": va.kappa}
+    if test_loader is not None:
+        te = scored(test_loader, "test")
+        row.update(test_loss=te.loss, test_acc=te.acc, test_kappa=te.kappa)
+    return row, {"kappa": va.kappa, "accuracy": va.acc, "loss": -va.loss}[config.select_on]
+
+
+def _save_snapshot(
+    resume: ResumeCheckpoint, loop: _Loop, progress: _Progress, epoch: int, generator: torch.Generator | None,
+    world: Distributed,
+) -> None:
+    """Keep everything the next call needs to continue after ``epoch`` as if never stopped."""
+    # Captured after evaluation, which draws from the global generator too.
+    rng = gather(rng_state(generator), world)
+    if world.is_main:
+        resume.save({
+            "epoch": epoch,
+            "model": loop.model.state_dict(),
+            "optimizer": loop.optimizer.state_dict(),
+            "schedule": loop.schedule.state_dict(),
+            "scaler": loop.scaler.state_dict() if loop.scaler is not None else None,
+            "history": progress.history,
+            "best_score": progress.best_score,
+            "best_epoch": progress.best_epoch,
+            # The best weights are the current ones most epochs: do not store them twice.
+            "best_state": None if progress.best_epoch == epoch else progress.best_state,
+            "rng": rng,
+            "seconds": progress.seconds,
+        })
+
+
+def _epoch_line(row: dict[str, float], tr: EpochStats) -> str:
+    """One line per epoch for the console."""
+    line = (f"epoch {row['epoch']}: train loss {tr.loss:.3f} acc {tr.acc:.3f} | "
+            f"val acc {row['val_acc']:.3f} kappa {row['val_kappa']:.3f}")
+    return line + (f" | test acc {row['test_acc']:.3f}" if "test_acc" in row else "")
 
 
 def fit(
@@ -293,112 +379,55 @@ def fit(
     test_loader: DataLoader | None,
     config: TrainConfig,
     device: torch.device,
-    weights: torch.Tensor | None = None,
+    class_weights: Sequence[float] | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    log: Callable[[int, dict[str, float]], None] | None = None,
     world: Distributed = SINGLE,
     resume: ResumeCheckpoint | None = None,
 ) -> FitResult:
     """Train for ``config.epochs``, keep the weights of the best validation epoch.
 
     Test loss/accuracy are logged per epoch (the study's curves) but never used to choose.
+    ``class_weights`` weight the loss per grade (:func:`retinopathy.data.class_weights`).
+    ``config.precision`` ``auto`` is resolved for ``device`` (:mod:`retinopathy.precision`).
     Under torchrun every process trains on its share of each batch, and rank 0 alone evaluates,
     keeps the history and saves snapshots; the other processes return an empty history.
     With ``resume``, a snapshot is saved after every epoch, and a matching one found at the start
     is continued from: model, optimizer, schedule, history, best weights and every random stream,
-    so the run ends as it would have without the interruption.
+    so the run ends as it would have without the interruption. On rank 0, ``on_epoch`` is called
+    with the row of each epoch this call trains, and ``log`` with every epoch's row, a resumed
+    run's restored rows first, so a log it writes is complete.
     """
-    if config.select_on not in SELECT_ON:
-        raise ValueError(f"select_on {config.select_on!r}; choose one of {SELECT_ON}")
-    raw, net = prepare_model(model, device, world=world, compile_model=config.compile, sync_bn=config.sync_bn)
-    # Rank 0 evaluates alone, so not through DDP, whose forward may wait for the other processes.
-    eval_net = raw if world.enabled else net
-    optimizer = make_optimizer(
-        config.optimizer, raw, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    schedule = make_schedule(config.lr_schedule, optimizer, total_steps=config.epochs * len(train_loader))
-    scaler = make_scaler(device, config.precision)
-    criterion = make_criterion(config.head, None if weights is None else weights.to(device))
-    # Validation and test losses carry the same class weights as the training loss, so the three
-    # curves measure one quantity (training's is on augmented images, in training mode).
-    cpu_weights = None if weights is None else weights.to("cpu")
-    eval_criterion = (
-        nn.NLLLoss(weight=cpu_weights) if config.head == "classification" else WeightedSmoothL1(cpu_weights)
-    )
+    if config.precision == "auto":
+        config = replace(config, precision=resolve_precision("auto", device)[0])
+    weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+    loop = _build_loop(model, config, device, weights, world=world, total_steps=config.epochs * len(train_loader))
+    progress = _restore(loop, resume, world, train_loader.generator, config.epochs)
+    for row in progress.history if log is not None else []:
+        log(int(row["epoch"]), row)
 
-    best_score, best_epoch, best_state = -math.inf, 0, copy.deepcopy(raw.state_dict())
-    history: list[dict[str, float]] = []
-    done, seconds = 0, 0.0
-    # Rank 0 reads the snapshot and sends it to the others: on several machines only its disk has it.
-    snapshot = broadcast(resume.load() if resume is not None and world.is_main else None, world)
-    if snapshot is not None:
-        raw.load_state_dict(snapshot["model"])
-        optimizer.load_state_dict(snapshot["optimizer"])
-        schedule.load_state_dict(snapshot["schedule"])
-        if scaler is not None and snapshot.get("scaler"):
-            scaler.load_state_dict(snapshot["scaler"])
-        history, best_score, best_epoch = snapshot["history"], snapshot["best_score"], snapshot["best_epoch"]
-        best_state = snapshot["best_state"] if snapshot["best_state"] is not None else copy.deepcopy(snapshot["model"])
-        set_rng_state(snapshot["rng"][world.rank], train_loader.generator)
-        done, seconds = snapshot["epoch"], snapshot["seconds"]
-        if world.is_main:
-            tqdm.write(f"resuming after epoch {done} of {config.epochs} from {resume.path}")
-
-    epochs = _progress(
-        range(done + 1, config.epochs + 1), world, initial=done, total=config.epochs, desc="epochs", unit="epoch"
-    )
+    epochs = _progress(range(progress.done + 1, config.epochs + 1), world, initial=progress.done,
+                       total=config.epochs, desc="epochs", unit="epoch")
     for epoch in epochs:
         start = time.perf_counter()
         if isinstance(train_loader.sampler, DistributedSampler):
             train_loader.sampler.set_epoch(epoch)
-        tr = train_one_epoch(
-            net, train_loader, optimizer, schedule, criterion, device, scaler=scaler, desc=f"train {epoch}",
-            world=world, precision=config.precision,
-        )
-        row: dict[str, float] = {}
+        # One pass of optimisation on every process, then evaluation and the choice on rank 0.
+        tr = train_one_epoch(loop.net, train_loader, loop.optimizer, loop.schedule, loop.criterion, device,
+                             scaler=loop.scaler, desc=f"train {epoch}", world=world, precision=config.precision)
         if world.is_main:
-            va = evaluate_split(
-                eval_net, val_loader, device, eval_criterion, desc="val", precision=config.precision, head=config.head
-            )
-            row = {
-                "epoch": epoch, "train_loss": tr.loss, "train_acc": tr.acc,
-                "val_loss": va.loss, "val_acc": va.acc, "val_kappa": va.kappa,
-            }
-            if test_loader is not None:
-                te = evaluate_split(
-                    eval_net, test_loader, device, eval_criterion, desc="test", precision=config.precision,
-                    head=config.head,
-                )
-                row.update(test_loss=te.loss, test_acc=te.acc, test_kappa=te.kappa)
-            history.append(row)
-            score = {"kappa": va.kappa, "accuracy": va.acc, "loss": -va.loss}[config.select_on]
-            if score > best_score:
-                best_score, best_epoch = score, epoch
-                best_state = {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
-        seconds += time.perf_counter() - start
+            row, score = _evaluate_epoch(loop, epoch, tr, val_loader, test_loader, device, config)
+            progress.history.append(row)
+            if score > progress.best_score:
+                progress.best_score, progress.best_epoch = score, epoch
+                progress.best_state = {k: v.detach().cpu().clone() for k, v in loop.model.state_dict().items()}
+        progress.seconds += time.perf_counter() - start
         if resume is not None:
-            # Captured after evaluation, which draws from the global generator too.
-            rng = gather(rng_state(train_loader.generator), world)
-            if world.is_main:
-                resume.save({
-                    "epoch": epoch,
-                    "model": raw.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "history": history,
-                    "best_score": best_score,
-                    "best_epoch": best_epoch,
-                    # The best weights are the current ones most epochs: do not store them twice.
-                    "best_state": None if best_epoch == epoch else best_state,
-                    "rng": rng,
-                    "seconds": seconds,
-                })
+            _save_snapshot(resume, loop, progress, epoch, train_loader.generator, world)
         if world.is_main:
-            if on_epoch is not None:
-                on_epoch(epoch, row)
-            tqdm.write(
-                f"epoch {epoch}: train loss {tr.loss:.3f} acc {tr.acc:.3f} | "
-                f"val acc {row['val_acc']:.3f} kappa {row['val_kappa']:.3f}"
-                + (f" | test acc {row['test_acc']:.3f}" if test_loader is not None else "")
-            )
-    return FitResult(best_state=best_state, best_epoch=best_epoch, history=history, seconds=seconds)
+            for callback in (log, on_epoch):
+                if callback is not None:
+                    callback(epoch, row)
+            tqdm.write(_epoch_line(row, tr))
+    return FitResult(best_state=progress.best_state, best_epoch=progress.best_epoch, history=progress.history,
+                     seconds=progress.seconds)

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from retinopathy.distributed import torchrun_command, under_torchrun
-from retinopathy.grading_study import StudyAxes, StudyLayout, train_network
+from retinopathy.grading_study import StudyAxes, StudyLayout, train_config, train_network
 from retinopathy.models import ARCHITECTURES
-from retinopathy.params import ParamsError, get, load_params
+from retinopathy.params import load_params
 
 
 def main() -> None:
@@ -28,9 +28,7 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    nproc = get(params, "nproc", int)
-    if nproc < 1:
-        raise ParamsError(f"params.yaml: key 'nproc' must be at least 1, got {nproc}")
+    nproc = train_config(params, args.seed).nproc
     if nproc > 1 and not under_torchrun():
         # As the project's train stage: become torchrun, which reruns this command as nproc processes.
         command = torchrun_command(nproc, Path(__file__).resolve(), sys.argv[1:])
