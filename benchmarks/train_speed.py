@@ -39,11 +39,11 @@ def measure(
     precision: str = "auto",
 ) -> dict:
     """Images/s over ``steps`` training steps after ``warmup`` steps, and the peak memory allocated."""
-    raw, net = prepare_model(build_model(arch, num_classes=5), device, compile_model=compile_model)
-    where = next(raw.parameters()).device
+    model, net = prepare_model(build_model(arch, num_classes=5), device, compile_model=compile_model)
+    where = next(model.parameters()).device
     if where.type != device.type:
         raise RuntimeError(f"{arch} parameters are on {where}, not {device}")
-    optimizer = make_optimizer("sgd", raw.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    optimizer = make_optimizer("sgd", model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
     schedule = make_schedule("constant", optimizer, total_steps=warmup + steps)
     precision, _ = resolve_precision(precision, device)
     scaler, criterion = make_scaler(device, precision), nn.CrossEntropyLoss()

@@ -172,15 +172,15 @@ def _ddp_step_worker(out: Path) -> None:
     world, device = init_distributed(torch.device("cpu"))
     try:
         model, optimizer, schedule, criterion = _step_setup()
-        raw, net = prepare_model(model, device, world=world)
+        model, net = prepare_model(model, device, world=world)
         data = _step_data()
         loader = make_loader(data, batch_size=STEP_BATCH // world.world_size, train=True, num_workers=0, generator=None,
                              device=device, sampler=distributed_sampler(data, world, seed=STEP_SEED))
         loader.sampler.set_epoch(1)
         assert list(loader.sampler) == _shard(world.rank) and len(loader) == 1
         stats = train_one_epoch(net, loader, optimizer, schedule, criterion, device, world=world, precision="fp32")
-        grads = {name: param.grad.detach().clone() for name, param in raw.named_parameters()}
-        torch.save({"loss": stats.loss, "grads": grads, "state": raw.state_dict()}, out / f"rank{world.rank}.pt")
+        grads = {name: param.grad.detach().clone() for name, param in model.named_parameters()}
+        torch.save({"loss": stats.loss, "grads": grads, "state": model.state_dict()}, out / f"rank{world.rank}.pt")
     finally:
         shutdown_distributed()
 

@@ -12,7 +12,15 @@ import yaml
 
 from retinopathy.params import ParamsError, load_params, load_settings
 from retinopathy.preprocessing import CropSettings
-from retinopathy.settings import ALL, DATA_SOURCES, SECTIONS, PreprocessSettings, PretrainSettings, TrainConfig
+from retinopathy.settings import (
+    ALL,
+    DATA_SOURCES,
+    SECTIONS,
+    PreprocessSettings,
+    PretrainSettings,
+    SyntheticSpec,
+    TrainConfig,
+)
 from retinopathy.sources import LAYOUTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,3 +115,9 @@ def test_the_grading_studys_train_stage_reads_exactly_the_keys_it_declares() -> 
 
     entry = yaml.safe_load((ROOT / "studies" / "grading" / "dvc.yaml").read_text())["stages"]["train"]["do"]
     assert set(TRAIN_KEYS) == set(entry["params"])
+
+
+def test_the_synthetic_eye_agreement_default_is_the_generators() -> None:
+    from retinopathy.synthetic import EYE_AGREEMENT
+
+    assert SyntheticSpec().eye_agreement == EYE_AGREEMENT

@@ -440,7 +440,8 @@ def test_proportion_interval_names_a_bad_outcome_and_a_bad_method() -> None:
 
 
 def test_screening_sensitivity_of_one_keeps_a_lower_bound_below_one() -> None:
-    from retinopathy.evaluation import EvalSettings, screening
+    from retinopathy.evaluation import screening
+    from retinopathy.settings import EvalSettings
 
     rng = np.random.default_rng(14)
     val_labels, test_labels = rng.choice(5, size=80), rng.choice(5, size=60)

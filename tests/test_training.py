@@ -15,7 +15,7 @@ from retinopathy.evaluation import evaluate_variant
 from retinopathy.models import resnet18
 from retinopathy.results import read_history
 from retinopathy.settings import EvalSettings, TrainConfig
-from retinopathy.train_stage import train_variant
+from retinopathy.train_stage import EpochLog, train_variant
 from retinopathy.training import make_optimizer, make_schedule
 
 # fp32 whatever the CPU (auto would take bf16 where it is native); no rotation, so the tiny runs stay cheap.
@@ -83,6 +83,26 @@ def _train(processed_dir: Path, out: Path, pretrained: bool = False) -> tuple[di
         model_out=out / "model.pt", summary_out=out / "summary.json", live_dir=out / "live",
     )
     return summary, read_history(out / "live")
+
+
+def test_logging_through_dvclive_changes_no_weight_and_logs_every_epoch(processed_dir: Path, tmp_path: Path) -> None:
+    _, logged = _train(processed_dir, tmp_path / "logged")
+    rows: list[dict] = []
+    train_variant("resnet18", pretrained=False, config=TINY, data_dir=processed_dir,
+                  model_out=tmp_path / "plain" / "model.pt", summary_out=tmp_path / "plain" / "summary.json",
+                  on_epoch=lambda epoch, row: rows.append(row))
+    a, b = (torch.load(tmp_path / run / "model.pt", weights_only=True)["state_dict"] for run in ("logged", "plain"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(logged, pd.DataFrame(rows).round(5), check_dtype=False)
+    assert list(logged["epoch"]) == [1, 2] and not (tmp_path / "plain" / "live").exists()
+
+
+def test_the_epoch_log_refuses_a_git_repository_without_dvc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".git").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RuntimeError, match="git repository without DVC"):
+        EpochLog(tmp_path / "live")
+    assert not (tmp_path / ".dvc").exists() and not (tmp_path / "live").exists()
 
 
 def test_two_runs_with_the_same_params_give_the_same_metrics(processed_dir: Path, tmp_path: Path) -> None:

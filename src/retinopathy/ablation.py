@@ -51,20 +51,20 @@ def _patient_folds(split: Split, seed: int) -> list[np.ndarray]:
 
 def components(
     head: str, val: dict[str, Split], test: dict[str, Split], train: dict[str, Split], *, seed: int = 0,
-    blend_c: float = 0.03, class_weights: np.ndarray | None = None,
+    blend_c: float = 0.03, weights: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Every grading setup of one model on validation (2-fold over patients) and test (fitted on validation).
 
     Args:
         head: the model's head.
         val, test, train: outputs per TTA setting (``"none"``, ``"flips"``); the blend is fitted on ``train``.
-        blend_c, class_weights: the blend's regularisation and per-grade weights.
+        blend_c, weights: the blend's regularisation and per-grade weights (:func:`retinopathy.data.class_weights`).
     """
     decodes = ["argmax", "expected"] if head == "classification" else ["expected"]
     rows = []
     for tta in val:
         try:
-            blend: PatientBlend | None = fit_blend(head, train[tta], c=blend_c, class_weights=class_weights)
+            blend: PatientBlend | None = fit_blend(head, train[tta], c=blend_c, weights=weights)
             blend_error = ""
         except ValueError as exc:  # e.g. a label fraction whose training images miss a grade
             blend, blend_error = None, str(exc)
@@ -119,7 +119,7 @@ def model_components(
                            num_workers=num_workers)
     weights = class_weights(processed_dataset(data_dir, "train", None).labels, class_weighting)
     return components(meta["head"], splits["val"], splits["test"], splits["train"], seed=seed, blend_c=blend_c,
-                      class_weights=weights)
+                      weights=weights)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -159,7 +159,7 @@ def _graded_frame(split: str, outputs: Split, grades: np.ndarray) -> pd.DataFram
 
 
 def blend_arms(
-    refit: str, outputs: dict[str, Split], blend_cs: Sequence[float], class_weights: np.ndarray | None,
+    refit: str, outputs: dict[str, Split], blend_cs: Sequence[float], weights: np.ndarray | None,
 ) -> list[tuple[dict[str, Any], pd.DataFrame | None]]:
     """The argmax arms of one network (``outputs``: un-flipped train, val and test): no blend, then the blend at
     each C, fitted on the training outputs. Each: its record (scores, predicted-grade counts) and its per-image
@@ -171,7 +171,7 @@ def blend_arms(
         blend = None
         if c is not None:
             try:
-                blend = fit_blend("classification", outputs["train"], c=c, class_weights=class_weights)
+                blend = fit_blend("classification", outputs["train"], c=c, weights=weights)
             except ValueError as exc:  # e.g. training images missing a grade
                 arms.append(({**entry, "error": str(exc)}, None))
                 continue
@@ -186,12 +186,12 @@ def blend_arms(
 
 
 def _refit(model: Any, meta: dict[str, Any], data_dir: str | os.PathLike[str], device: torch.device, c: float | None, *,
-           class_weights: np.ndarray | None, settings: GradeSettings, precision: str) -> dict[str, Any]:
+           weights: np.ndarray | None, settings: GradeSettings, precision: str) -> dict[str, Any]:
     """Refit ``model``'s last layer in place at ``c``, as the train stage does; None leaves it as trained."""
     if c is None:
         return {"applied": False, "reason": "the network as trained (the study's baseline)"}
     return refit_on_training_images(model, data_dir, device, mean=meta["mean"], std=meta["std"],
-                                    class_weights=class_weights, c=c, batch_size=settings.train_batch_size,
+                                    class_weights=weights, c=c, batch_size=settings.train_batch_size,
                                     num_workers=settings.num_workers, precision=precision)
 
 
@@ -222,12 +222,12 @@ def grade_network(
             raise ValueError(f"{model_path} has a {meta['head']} head; the grading study refits and grades a "
                              "classification head")
         refit = setting_label(c)
-        record["refits"].append({"refit": refit, **_refit(model, meta, data_dir, dev, c, class_weights=weights,
+        record["refits"].append({"refit": refit, **_refit(model, meta, data_dir, dev, c, weights=weights,
                                                            settings=settings, precision=precision)})
         splits = model_outputs(model, meta, data_dir, dev, precision=precision, batch_size=settings.batch_size,
                                num_workers=settings.num_workers)
         rows = components("classification", splits["val"], splits["test"], splits["train"], seed=settings.folds_seed,
-                          blend_c=settings.blend_c, class_weights=weights)
+                          blend_c=settings.blend_c, weights=weights)
         record["components"] += [{"refit": refit, **row} for row in rows]
         for entry, frame in blend_arms(refit, {split: splits[split]["none"] for split in splits}, axes.blend_cs,
                                        weights):

@@ -232,8 +232,6 @@ def keep_labelled_fraction(frame: pd.DataFrame, *, fraction: float, seed: int) -
     return frame[kept].reset_index(drop=True), frame[~kept].reset_index(drop=True)
 
 
-
-
 def class_weights(labels: Iterable[int], mode: str) -> np.ndarray | None:
     """Loss weights per grade: ``inverse`` frequency, its square root (gentler), or None for ``none``.
 

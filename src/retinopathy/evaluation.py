@@ -106,9 +106,9 @@ def split_outputs(
     return out
 
 
-def fit_blend(head: str, train: Split, *, c: float, class_weights: np.ndarray | None) -> PatientBlend:
+def fit_blend(head: str, train: Split, *, c: float, weights: np.ndarray | None) -> PatientBlend:
     """The two-eye blend fitted on the training images' outputs (ValueError when they cannot fit it)."""
-    return PatientBlend(head, c, class_weights).fit(train.labels, train.outputs, train.patients, train.eyes)
+    return PatientBlend(head, c, weights).fit(train.labels, train.outputs, train.patients, train.eyes)
 
 
 def screening(
@@ -176,7 +176,7 @@ def _configured_grading(
     val_probs = chosen.probabilities(val.outputs)
     if train is not None:
         try:
-            blend = fit_blend(decoder.head, train, c=settings.blend_c, class_weights=weights)
+            blend = fit_blend(decoder.head, train, c=settings.blend_c, weights=weights)
         except ValueError as exc:
             fitted["blend"] = {"fitted": False, "reason": f"{exc}; each eye is graded alone"}
         else:
@@ -210,10 +210,9 @@ def evaluate_variant(
 
     Raises:
         ValueError: ``head`` (the params' head) differs from the head the model was trained with, naming
-            both; ``settings.tta`` is unknown; ``settings.blend_c`` is not positive.
+            both. (``settings`` checks its own values: :class:`retinopathy.settings.EvalSettings`.)
     """
     started = time.perf_counter()
-    _check_settings(settings)
     # The model, its decoding, and the arithmetic to predict in.
     dev = select_device(device)
     model, meta, decoder = _load_model_with_head(model_path, dev, head)
@@ -238,14 +237,6 @@ def evaluate_variant(
     write_json(metrics_out, metrics)
     print(_summary_line(model_path, metrics))
     return metrics
-
-
-def _check_settings(settings: EvalSettings) -> None:
-    """ValueError when ``settings.tta`` is unknown or ``settings.blend_c`` is not positive."""
-    if settings.tta not in TTA:
-        raise ValueError(f"evaluate.tta {settings.tta!r}; choose one of {list(TTA)}")
-    if not settings.blend_c > 0:
-        raise ValueError(f"evaluate.blend_c must be positive, got {settings.blend_c!r}")
 
 
 def _load_model_with_head(

@@ -110,7 +110,9 @@ class ResNet(nn.Module):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
         if zero_init_residual:
-            # Each block then starts as the identity, which helps very deep or short runs.
+            # Each residual branch then starts at zero and each block as the identity; Goyal et al. 2017
+            # (https://arxiv.org/abs/1706.02677, section 5.1) report it eases early training, and torchvision
+            # offers the same switch.
             for m in self.modules():
                 if isinstance(m, Bottleneck):
                     nn.init.constant_(m.bn3.weight, 0)

@@ -129,6 +129,9 @@ def load_settings(cls: type[S], params: dict[str, Any], *, keys: Iterable[str] |
     names = [item.name for item in fields(cls)]
     check_known(params, cls.SECTION, [*names, *getattr(cls, "OTHER_KEYS", ())])
     wanted = names if keys is None else list(keys)
+    strangers = [name for name in [*wanted, *given] if name not in names]
+    if strangers:
+        raise ValueError(f"{cls.__name__} has no setting {strangers}; it has {names}")
     prefix = f"{cls.SECTION}." if cls.SECTION else ""
     values = {name: get(params, prefix + name, (object, bool)) for name in wanted if name not in given}
     return cls(**values, **given)

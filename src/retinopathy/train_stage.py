@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from dvclive import Live
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -53,17 +54,33 @@ def processed_crop(data_dir: str | os.PathLike[str]) -> dict:
     return stats["crop"]
 
 
+def _in_git_but_not_dvc(start: Path) -> Path | None:
+    """The git repository above ``start`` when no DVC repository is, else None."""
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir():
+            return None
+        if (folder / ".git").exists():
+            return folder
+    return None
+
+
 class EpochLog:
     """Each epoch's history row logged through dvclive into ``folder``, the epoch as its step.
 
-    dvclive writes ``plots/metrics/<split>/<metric>.tsv`` (``train/loss``, ``val/kappa``, ...) and
-    ``metrics.json`` (the latest epoch), as ``dvc plots`` and ``dvc exp show`` read them. Values are
-    rounded to 5 decimals and carry no timestamps, so the files are the same on every rerun.
+    dvclive writes ``plots/metrics/<split>/<metric>.tsv`` (``train/loss``, ``val/kappa``, ...), which
+    the train stage declares as plots, and ``metrics.json`` (the latest epoch). Values are rounded to
+    5 decimals and carry no timestamps, so the files are the same on every rerun. No dvc.yaml, report
+    or experiment is written (``dvcyaml=None``, ``report=None``, ``save_dvc_exp=False``).
+
+    Raises:
+        RuntimeError: in a git repository without DVC, where dvclive would run ``dvc init`` in it.
     """
 
     def __init__(self, folder: str | os.PathLike[str]) -> None:
-        from dvclive import Live  # here, not at the top: only a training run pays its import
-
+        repository = _in_git_but_not_dvc(Path.cwd().resolve())
+        if repository is not None:
+            raise RuntimeError(f"{repository} is a git repository without DVC, where dvclive would run `dvc init`: "
+                               "run `dvc init` there yourself, or train without a live_dir")
         self.live = Live(str(folder), dvcyaml=None, save_dvc_exp=False, report=None)
 
     def __call__(self, epoch: int, row: dict[str, float]) -> None:
@@ -290,11 +307,13 @@ def train_variant(
         weights = class_weights(run.datasets["train"].labels, config.class_weighting)
         # Fit, logging every epoch on rank 0.
         log = EpochLog(live_dir) if live_dir is not None and world.is_main else None
-        result = fit(run.model, train_loader=run.loaders["train"], val_loader=run.loaders["val"],
-                     test_loader=run.loaders["test"], config=config, device=dev, class_weights=weights,
-                     on_epoch=on_epoch, log=log, world=world, resume=run.resume)
-        if log is not None:
-            log.close()
+        try:
+            result = fit(run.model, train_loader=run.loaders["train"], val_loader=run.loaders["val"],
+                         test_loader=run.loaders["test"], config=config, device=dev, class_weights=weights,
+                         on_epoch=on_epoch, log=log, world=world, resume=run.resume)
+        finally:
+            if log is not None:
+                log.close()
         summary = None
         if world.is_main:
             # Finish the chosen epoch, then write.
