@@ -44,12 +44,12 @@ def _declared_params(stage) -> dict[str, list[str]]:
     return out
 
 
-def study_code_mismatches(repo_root: Path) -> list[str]:
-    """One line per study stage whose declared code differs from what its script imports (as
+def study_code_mismatches(repo_root: Path, study: Path = STUDY) -> list[str]:
+    """One line per stage of ``study``'s dvc.yaml whose declared code differs from what its script imports (as
     tests/test_code_deps.py)."""
     repo_root = repo_root.resolve()
     problems = []
-    for stage in _stages(repo_root, STUDY / "dvc.yaml"):
+    for stage in _stages(repo_root, study / "dvc.yaml"):
         script = next(part for part in stage.cmd.split() if part.endswith(".py"))
         declared = {Path(dep.fs_path).resolve() for dep in stage.deps if str(dep.def_path).endswith(".py")}
         needed = {p.resolve() for p in code_dependencies(repo_root / script, repo_root)}

@@ -1,0 +1,47 @@
+"""Stage summarize of the seeds study: the study's four questions over the study's training seeds (paired
+differences on the test patients, intervals over patients and seeds, verdicts, forest plot)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from retinopathy.comparison import compare, headline
+from retinopathy.params import check_known, get, load_params, load_settings
+from retinopathy.plotting import forest
+from retinopathy.report import write_seeds_summary
+from retinopathy.results import load_runs
+from retinopathy.settings import CompareSettings, PlotSettings
+from retinopathy.utils import write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="studies/seeds/params.yaml", help="the study's seeds")
+    parser.add_argument("--project-params", default="params.yaml", help="compare and plot.dpi")
+    parser.add_argument("--study", default="studies/seeds", help="folder the study's stages write under")
+    parser.add_argument("--out", default="studies/seeds/results")
+    args = parser.parse_args()
+
+    study = load_params(args.params)
+    check_known(study, None, ["seeds"])
+    seeds = get(study, "seeds", list)
+    params = load_params(args.project_params)
+    metrics = Path(args.study) / "metrics"
+    result = compare(load_runs(seeds, eval_dir=metrics / "eval", predictions_dir=metrics / "predictions"),
+                     load_settings(CompareSettings, params))
+    out = Path(args.out)
+    write_json(out / "compare.json", result)
+    write_json(out / "summary.json", headline(result["variants"]))
+    rows = [{"label": f"{c['metric']}: {c['first']} - {c['second']}", **c} for c in result["comparisons"]]
+    forest(rows, out / "forest.png", title=f"Paired differences on the test patients ({len(seeds)} seeds per variant)",
+           dpi=load_settings(PlotSettings, params, keys=["dpi"]).dpi)
+    write_seeds_summary(out / "seeds.md", seeds=seeds, compared=result, eval_dir=metrics / "eval")
+    for c in result["comparisons"]:
+        print(f"{c['metric']:>13}  {c['first']} - {c['second']}: {c['difference']:+.4f} "
+              f"[{c['low']:+.4f}, {c['high']:+.4f}]  {c['verdict']}")
+    print(f"wrote {out / 'seeds.md'}")
+
+
+if __name__ == "__main__":
+    main()
