@@ -80,3 +80,6 @@ def test_summary_answers_each_question_over_the_seeds(tmp_path: Path) -> None:
     answers = text.split("## Answers")[1]
     assert "**Does pretraining help ResNet18?** a difference is detected" in answers
     assert "**ResNet50 or ResNet18, from scratch?** a difference is detected" not in answers
+    one_seed = text.split("## One seed at a time")[1]
+    assert all(f"\n| {seed} | " in one_seed for seed in seeds)
+    assert one_seed.count("ResNet18, pretrained better") >= 2 * len(seeds)  # both questions with pretrained ResNet18

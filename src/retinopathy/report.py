@@ -375,9 +375,11 @@ def write_seeds_summary(
     compared: dict[str, Any],
     eval_dir: str | os.PathLike[str],
     archs: Sequence[str] = ARCHS,
+    per_seed: dict[int, dict[str, Any]] | None = None,
 ) -> str:
     """Write the seeds study's answers (studies/seeds/) to ``path`` (markdown, beside its forest.png) and return
-    them: the machine, each variant over the seeds, the paired differences with their intervals and the verdicts."""
+    them: the machine, each variant over the seeds, the paired differences with their intervals and the verdicts,
+    and, from ``per_seed`` (seed: that seed's comparison alone), the QWK verdict a one-seed run would have given."""
     evals = _read_evaluations(Path(eval_dir), seeds, archs)
     first = next(iter(evals.values()))[0]
     text = [
@@ -397,8 +399,34 @@ def write_seeds_summary(
         ]),
         *_section("Paired differences", _paired_lines(compared, len(seeds))),
         *_section("Answers", _conclusions(compared)),
+        *(_section("One seed at a time", _per_seed_lines(per_seed)) if per_seed else []),
     ]
     out = "\n".join(text)
     with atomic_path(path) as tmp:
         tmp.write_text(out)
     return out
+
+
+def _per_seed_lines(per_seed: dict[int, dict[str, Any]]) -> list[str]:
+    """Each question's QWK difference and verdict from each seed alone (patient-bootstrap intervals): what a one-seed
+    run of the main pipeline with that seed would report."""
+    questions = list(dict.fromkeys(c["question"] for c in next(iter(per_seed.values()))["comparisons"]))
+    lines = [
+        "The QWK difference (95% patient-bootstrap interval) and its verdict from each training seed alone, as a "
+        "one-seed run of the main pipeline with that seed reports them:",
+        "",
+        "| seed | " + " | ".join(questions) + " |",
+        "|---|" + "---|" * len(questions),
+    ]
+    for seed, compared in per_seed.items():
+        kappa = {c["question"]: c for c in compared["comparisons"] if c["metric"] == "kappa"}
+        cells = [f"{_signed(kappa[q])}: {_winner(kappa[q])}" for q in questions]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _winner(c: dict[str, Any]) -> str:
+    """``<better> better`` where the interval excludes 0, else "no detectable difference"."""
+    if not _detected(c):
+        return "no detectable difference"
+    return f"{describe(c['first'] if c['difference'] > 0 else c['second'])} better"

@@ -28,15 +28,19 @@ def main() -> None:
     seeds = get(study, "seeds", list)
     params = load_params(args.project_params)
     metrics = Path(args.study) / "metrics"
-    result = compare(load_runs(seeds, eval_dir=metrics / "eval", predictions_dir=metrics / "predictions"),
-                     load_settings(CompareSettings, params))
+    settings = load_settings(CompareSettings, params)
+    runs = load_runs(seeds, eval_dir=metrics / "eval", predictions_dir=metrics / "predictions")
+    result = compare(runs, settings)
+    # What a one-seed run would conclude with each seed: the same comparison on that seed's runs alone.
+    per_seed = {seed: compare({variant: [run for run in variant_runs if run.seed == seed]
+                               for variant, variant_runs in runs.items()}, settings) for seed in seeds}
     out = Path(args.out)
     write_json(out / "compare.json", result)
     write_json(out / "summary.json", headline(result["variants"]))
     rows = [{"label": f"{c['metric']}: {c['first']} - {c['second']}", **c} for c in result["comparisons"]]
     forest(rows, out / "forest.png", title=f"Paired differences on the test patients ({len(seeds)} seeds per variant)",
            dpi=load_settings(PlotSettings, params, keys=["dpi"]).dpi)
-    write_seeds_summary(out / "seeds.md", seeds=seeds, compared=result, eval_dir=metrics / "eval")
+    write_seeds_summary(out / "seeds.md", seeds=seeds, compared=result, eval_dir=metrics / "eval", per_seed=per_seed)
     for c in result["comparisons"]:
         print(f"{c['metric']:>13}  {c['first']} - {c['second']}: {c['difference']:+.4f} "
               f"[{c['low']:+.4f}, {c['high']:+.4f}]  {c['verdict']}")
