@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from retinopathy.comparison import compare, headline
+from retinopathy.comparison import compare, forest_rows, headline, verdict_lines
 from retinopathy.params import get, load_params, load_settings
 from retinopathy.plotting import forest
 from retinopathy.results import load_runs
@@ -24,13 +24,10 @@ def main() -> None:
     result = compare(load_runs(seeds), settings)
     write_json("metrics/compare.json", result)
     write_json("metrics/summary.json", headline(result["variants"]))
-    rows = [{"label": f"{c['metric']}: {c['first']} - {c['second']}", **c} for c in result["comparisons"]]
-    forest(rows, "metrics/forest.png",
+    forest(forest_rows(result), "metrics/forest.png",
            title=f"Paired differences on the test patients ({len(seeds)} seed(s) per variant)",
            dpi=load_settings(PlotSettings, params, keys=["dpi"]).dpi)
-    for c in result["comparisons"]:
-        print(f"{c['metric']:>13}  {c['first']} - {c['second']}: {c['difference']:+.4f} "
-              f"[{c['low']:+.4f}, {c['high']:+.4f}]  {c['verdict']}")
+    print("\n".join(verdict_lines(result)))
 
 
 if __name__ == "__main__":

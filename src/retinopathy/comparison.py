@@ -97,3 +97,14 @@ def compare(runs: dict[str, list[Run]], settings: CompareSettings, archs: tuple[
                      "seed": settings.bootstrap_seed, "test_images": int(len(patients)),
                      "test_patients": int(len(set(patients)))},
     }
+
+
+def forest_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """The forest plot's rows of a :func:`compare` result, each labelled ``<metric>: <first> - <second>``."""
+    return [{"label": f"{c['metric']}: {c['first']} - {c['second']}", **c} for c in result["comparisons"]]
+
+
+def verdict_lines(result: dict[str, Any]) -> list[str]:
+    """One line per comparison of a :func:`compare` result: the difference, its interval and its verdict."""
+    return [f"{c['metric']:>13}  {c['first']} - {c['second']}: {c['difference']:+.4f} "
+            f"[{c['low']:+.4f}, {c['high']:+.4f}]  {c['verdict']}" for c in result["comparisons"]]

@@ -264,16 +264,15 @@ def _data_lines(balance: dict[str, Any], settings: dict[str, Any]) -> list[str]:
 
 
 def _results_lines(evals: dict[str, list[dict]], compared: dict[str, Any], first: dict[str, Any],
-                   n_seeds: int) -> list[str]:
-    """The test results table, with what its cells hold, and the summary figure."""
+                   n_seeds: int, figure: str | None = "figures/summary.png") -> list[str]:
+    """The test results table, with what its cells hold, and the summary figure (unless ``figure`` is None)."""
     return [
         ("Each cell: value (95% patient-bootstrap interval, "
          f"{first['bootstrap']['resamples']} resamples)." if n_seeds == 1 else
          f"Each cell: mean over {n_seeds} training seeds (standard deviation over seeds)."),
         "",
         *_results_table(evals, compared),
-        "",
-        "![summary](figures/summary.png)",
+        *(["", f"![summary]({figure})"] if figure else []),
     ]
 
 
@@ -391,12 +390,7 @@ def write_seeds_summary(
         f"Machine: {first.get('hardware', 'unknown')}, precision {first.get('precision', 'fp32')}. "
         f"Training seeds: {', '.join(map(str, seeds))} ({len(seeds)} per variant).",
         "",
-        *_section("Results on the test set", [
-            f"Each cell: mean over {len(seeds)} training seeds (standard deviation over seeds)."
-            if len(seeds) > 1 else "Each cell: value (95% patient-bootstrap interval).",
-            "",
-            *_results_table(evals, compared),
-        ]),
+        *_section("Results on the test set", _results_lines(evals, compared, first, len(seeds), figure=None)),
         *_section("Paired differences", _paired_lines(compared, len(seeds))),
         *_section("Answers", _conclusions(compared)),
         *(_section("One seed at a time", _per_seed_lines(per_seed)) if per_seed else []),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from retinopathy.comparison import compare, headline
+from retinopathy.comparison import compare, forest_rows, headline, verdict_lines
 from retinopathy.params import check_known, get, load_params, load_settings
 from retinopathy.plotting import forest
 from retinopathy.report import write_seeds_summary
@@ -37,13 +37,11 @@ def main() -> None:
     out = Path(args.out)
     write_json(out / "compare.json", result)
     write_json(out / "summary.json", headline(result["variants"]))
-    rows = [{"label": f"{c['metric']}: {c['first']} - {c['second']}", **c} for c in result["comparisons"]]
-    forest(rows, out / "forest.png", title=f"Paired differences on the test patients ({len(seeds)} seeds per variant)",
+    forest(forest_rows(result), out / "forest.png",
+           title=f"Paired differences on the test patients ({len(seeds)} seeds per variant)",
            dpi=load_settings(PlotSettings, params, keys=["dpi"]).dpi)
     write_seeds_summary(out / "seeds.md", seeds=seeds, compared=result, eval_dir=metrics / "eval", per_seed=per_seed)
-    for c in result["comparisons"]:
-        print(f"{c['metric']:>13}  {c['first']} - {c['second']}: {c['difference']:+.4f} "
-              f"[{c['low']:+.4f}, {c['high']:+.4f}]  {c['verdict']}")
+    print("\n".join(verdict_lines(result)))
     print(f"wrote {out / 'seeds.md'}")
 
 
