@@ -20,6 +20,7 @@ from torch.utils.data import DistributedSampler, TensorDataset
 
 from retinopathy.data import class_weights, make_loader
 from retinopathy.distributed import distributed_sampler, init_distributed, shutdown_distributed, torchrun_command
+from retinopathy.inference import memory_format_for, place
 from retinopathy.models import build_model
 from retinopathy.results import read_history
 from retinopathy.settings import TrainConfig
@@ -189,7 +190,12 @@ def _reference_step(shards: list[list[int]]) -> tuple[float, dict[str, torch.Ten
     """One step in this process whose gradient is the mean of one backward pass per shard, BatchNorm in training
     mode."""
     model, optimizer, schedule, criterion = _step_setup()
+    # In the training loop's memory layout (channels_last), so both run the same convolution kernels: another
+    # layout sums in another order, which BatchNorm over 2-image halves amplifies past the tolerance.
+    cpu = torch.device("cpu")
+    place(model, cpu)
     images, labels = _step_data().tensors
+    images = images.contiguous(memory_format=memory_format_for(cpu))
     model.train()
     optimizer.zero_grad(set_to_none=True)
     loss = 0.0

@@ -167,8 +167,11 @@ def build_model(arch: str, *, num_classes: int = 5, zero_init_residual: bool = F
 
 
 def backbone_state(model: ResNet) -> dict[str, torch.Tensor]:
-    """The model's weights without the classifier head, on the CPU."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    """The model's weights without the classifier head, on the CPU, in the default memory layout."""
+    return {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+        for k, v in model.state_dict().items() if not k.startswith("fc.")
+    }
 
 
 def load_backbone(model: ResNet, state: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:

@@ -33,6 +33,7 @@ from retinopathy.data import (
     processed_dataset,
     read_stats,
 )
+from retinopathy.inference import memory_format_for, place
 from retinopathy.models import ResNet, backbone_state, build_model
 from retinopathy.precision import autocast, hardware, resolve_precision
 from retinopathy.startpoints import write_start_point
@@ -80,7 +81,7 @@ def rotation_pretrain(
     Returns:
         The model (its ``fc`` is the 4-way rotation head) and per-epoch pretext loss/accuracy.
     """
-    model = build_model(arch, num_classes=4, zero_init_residual=training.zero_init_residual).to(device)
+    model = place(build_model(arch, num_classes=4, zero_init_residual=training.zero_init_residual), device)
     opt, schedule = training.optimizer_and_schedule(model, len(loader))
     criterion = nn.CrossEntropyLoss()
     history = []
@@ -151,7 +152,7 @@ def simclr_pretrain(
     model = build_model(arch, num_classes=projection_dim, zero_init_residual=training.zero_init_residual)
     width = model.fc.in_features
     model.fc = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, projection_dim))
-    model.to(device)
+    place(model, device)
     opt, schedule = training.optimizer_and_schedule(model, len(loader))
     history = []
     for epoch in range(1, training.epochs + 1):
@@ -160,7 +161,8 @@ def simclr_pretrain(
         bar = tqdm(loader, desc=f"simclr {epoch}", leave=False, unit="batch", dynamic_ncols=True)
         for views, _ in bar:
             n = views.shape[0]
-            x = torch.cat([views[:, 0], views[:, 1]]).to(device, non_blocking=True)
+            x = torch.cat([views[:, 0], views[:, 1]]).to(device, non_blocking=True,
+                                                          memory_format=memory_format_for(device))
             with autocast(device, training.precision):
                 z = model(x)
             loss = nt_xent(z.float(), temperature)

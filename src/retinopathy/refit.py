@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from retinopathy.data import build_transform, make_loader, processed_dataset
-from retinopathy.inference import over_loader
+from retinopathy.inference import memory_format_for, over_loader
 from retinopathy.precision import autocast
 
 # Newton-CG rather than scikit-learn's default L-BFGS: the pooled features are unstandardised and badly
@@ -42,7 +42,7 @@ def pooled_features(
 
     def features(images: torch.Tensor) -> torch.Tensor:
         with autocast(device, precision):
-            return model.forward_features(images.to(device)).float().cpu()
+            return model.forward_features(images.to(device, memory_format=memory_format_for(device))).float().cpu()
 
     feats, labels = over_loader(loader, features, desc=desc)
     return feats.astype(np.float64), labels

@@ -262,7 +262,9 @@ def _save_model(
 ) -> None:
     """The model file: weights plus the metadata that lets `retinopathy predict` grade a photograph with it alone."""
     mean, std = run.start["mean"], run.start["std"]
-    state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+    # In the default layout, whatever layout training used (channels_last): a plain state dict for any reader.
+    state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+             for k, v in run.model.state_dict().items()}
     meta = model_metadata(arch, mean=mean, std=std, crop=run.crop, precision=config.precision,
                           data_fingerprint=data_fingerprint(data_dir), decoder=decoder)
     save_checkpoint(

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from retinopathy.decoding import DEFAULT_CUTPOINTS, Decoder, check_head
 from retinopathy.distributed import SINGLE, Distributed, broadcast, gather
-from retinopathy.inference import memory_format_for, predict
+from retinopathy.inference import memory_format_for, place, predict
 from retinopathy.metrics import accuracy, quadratic_weighted_kappa
 from retinopathy.precision import autocast, resolve_precision
 from retinopathy.resume import ResumeCheckpoint, rng_state, set_rng_state
@@ -73,12 +73,15 @@ def make_optimizer(
     """
     if isinstance(parameters, nn.Module):
         parameters = decay_groups(parameters, weight_decay)
+    # fused: one kernel per step for all parameters, on CPU as on CUDA. The default on CPU loops over the
+    # tensors one by one: 43 ms a step for ResNet18 and 64 ms for ResNet50 on 2 cores, against 6 and 15 fused
+    # (AdamW; the same update to float rounding), which was a fifth of ResNet18's training time.
     if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
     if name == "adam":
-        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay)
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "adamw":
-        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=True)
     raise ValueError(f"optimizer {name!r}; choose one of {OPTIMIZERS}")
 
 
@@ -160,9 +163,7 @@ def prepare_model(
                 "sync_bn: true needs CUDA (torch's SyncBatchNorm runs on GPUs only); set sync_bn: false for CPU runs"
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    place(model, device)
     net: nn.Module = model
     if world.enabled:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
