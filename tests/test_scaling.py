@@ -190,7 +190,7 @@ def _reference_step(shards: list[list[int]]) -> tuple[float, dict[str, torch.Ten
     """One step in this process whose gradient is the mean of one backward pass per shard, BatchNorm in training
     mode."""
     model, optimizer, schedule, criterion = _step_setup()
-    # In the training loop's memory layout (channels_last), so both run the same convolution kernels: another
+    # In the training loop's memory layout (memory_format_for), so both run the same convolution kernels: another
     # layout sums in another order, which BatchNorm over 2-image halves amplifies past the tolerance.
     cpu = torch.device("cpu")
     place(model, cpu)

@@ -170,14 +170,15 @@ def prepare_photograph(path: str | os.PathLike[str], meta: dict[str, Any]) -> to
 
 
 def memory_format_for(device: torch.device) -> torch.memory_format:
-    """channels_last, for the model (:func:`place`) and its inputs, on every device.
+    """channels_last on CUDA, where cuDNN's convolutions prefer it; the default layout on CPU.
 
-    cuDNN's convolutions prefer it, and so do oneDNN's on CPU: measured on a 2-core AMD EPYC with native bf16
-    (batch 32, 64 px, one training step), ResNet50 trained at 122 images/s in bf16 against 77 in the default
-    layout (fp32: 87 against 74) and ResNet18 at 241 against 222 (fp32: the same); ``benchmarks/bench.py``
-    measures both layouts.
+    On CPU it does not pay for training: on a 2-core AMD EPYC with native bf16 (batch 32, 64 px, median of
+    3 alternating repeats of ``benchmarks/layout.py``), a ResNet18 training step ran at 250 images/s in fp32
+    in the default layout against 216 in channels_last, and at 325 against 330 in bf16; ResNet50 at 99
+    against 97 (fp32) and 131 against 127 (bf16). Only bf16 inference gained (ResNet18 1,206 -> 1,492
+    images/s), a few seconds of a whole run.
     """
-    return torch.channels_last
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 def place(model: nn.Module, device: torch.device) -> nn.Module:

@@ -74,8 +74,9 @@ def make_optimizer(
     if isinstance(parameters, nn.Module):
         parameters = decay_groups(parameters, weight_decay)
     # fused: one kernel per step for all parameters, on CPU as on CUDA. The default on CPU loops over the
-    # tensors one by one: 43 ms a step for ResNet18 and 64 ms for ResNet50 on 2 cores, against 6 and 15 fused
-    # (AdamW; the same update to float rounding), which was a fifth of ResNet18's training time.
+    # tensors one by one: an AdamW step took 38 ms for ResNet18 and 53 ms for ResNet50 on 2 cores, against 6 and
+    # 12 fused (benchmarks/layout.py; the same update to float rounding), where a whole ResNet18 training step
+    # at batch 32 takes about 100-150 ms.
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
     if name == "adam":
