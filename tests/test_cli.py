@@ -124,7 +124,12 @@ def test_bad_images_are_named_and_left_out_while_the_rest_are_graded(
     for name in ("truncated.jpeg", "notes.jpg", "empty.png", "black.png", "nothing_here", "list.csv"):
         assert name in err, f"{name} is not named on stderr:\n{err}"
     assert "no field of view" in err
-    assert sorted(pd.read_csv(out)["image"]) == sorted(map(str, good))
+    frame = pd.read_csv(out, keep_default_na=False).set_index("image")
+    # Files that cannot be read get no row; a black frame is read, and the gate's row says why it has no grade.
+    assert sorted(frame.index) == sorted([*map(str, good), str(folder / "black.png")])
+    black = frame.loc[str(folder / "black.png")]
+    assert not black["gradable"] and "no field of view" in black["quality_reasons"] and black["grade"] == ""
+    assert frame.loc[list(map(str, good)), "gradable"].all()
 
 
 def test_heatmaps_are_one_png_per_photograph_at_its_own_size(
@@ -473,3 +478,61 @@ def test_a_model_recording_an_unknown_precision_is_refused_by_name() -> None:
 def test_predict_help_states_the_pixel_limit_in_force(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["predict", "--help"]) == 0
     assert f"over {MAX_PIXELS // 1_000_000} megapixels" in capsys.readouterr().out
+
+
+def _gate_cases(folder: Path) -> dict[str, Path]:
+    """Photographs the gradability gate refuses, next to two it passes: a person seen through a black circle (it
+    has a field of view; only its colour tells), a fundus out of focus, one underexposed, one half under a lid."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from quality_gate import defocus, expose, in_black_circle, lid_shadow, skimage_photo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sharp = render_fundus(2, np.random.default_rng(11), size=256)
+    cases = {
+        "5_left.png": sharp,
+        "5_right.png": render_fundus(1, np.random.default_rng(12), size=256, eye="right"),
+        "person.png": in_black_circle(skimage_photo("astronaut.png")),
+        "6_left.png": defocus(sharp, 0.02),
+        "6_right.png": expose(sharp, 12.0),
+        "7_left.png": lid_shadow(sharp),
+    }
+    for name, image in cases.items():
+        image.save(folder / name)
+    return {name: folder / name for name in cases}
+
+
+def test_ungradable_photographs_get_a_row_with_reasons_and_no_grade(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    photos = _gate_cases(tmp_path / "clinic")
+    out = tmp_path / "grades.csv"
+    code = main(["predict", str(model_file), str(tmp_path / "clinic"), "--out", str(out), "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert code == 1  # some photographs were not graded
+    frame = pd.read_csv(out, keep_default_na=False, dtype={"grade": str, "patient_grade": str}).set_index("image")
+    assert sorted(frame.index) == sorted(map(str, photos.values()))
+    expected = {"person.png": "not a fundus photograph", "6_left.png": "out of focus",
+                "6_right.png": "underexposed", "7_left.png": "too little of the retina is usable"}
+    for name, path in photos.items():
+        row = frame.loc[str(path)]
+        if name in expected:
+            assert not row["gradable"] and expected[name] in row["quality_reasons"], (name, row["quality_reasons"])
+            assert row["grade"] == "" and row["p_referable"] == "" and row["patient_grade"] == ""
+            assert f"ungradable {path}: {expected[name]}" in captured.err
+        else:
+            assert row["gradable"] and row["quality_reasons"] == "" and row["grade"] in {"0", "1", "2", "3", "4"}
+    # Patient 5 has both eyes graded; patient 6 none, so no patient grade.
+    assert frame.loc[str(photos["5_left.png"]), "patient_grade"] != ""
+    assert "4 ungradable" in captured.out and "graded 2 photograph(s)" in captured.out
+
+
+def test_without_the_gate_a_fundus_is_graded_and_its_verdict_kept(model_file: Path, tmp_path: Path) -> None:
+    photos = _gate_cases(tmp_path / "clinic")
+    out = tmp_path / "grades.csv"
+    code = main(["predict", str(model_file), str(photos["6_left.png"]), str(photos["person.png"]), "--out", str(out),
+                 "--device", "cpu", "--no-quality-gate"])
+    assert code == 0
+    frame = pd.read_csv(out, keep_default_na=False, dtype={"grade": str}).set_index("image")
+    for name in ("6_left.png", "person.png"):
+        row = frame.loc[str(photos[name])]
+        assert not row["gradable"] and row["quality_reasons"] != "" and row["grade"] in {"0", "1", "2", "3", "4"}

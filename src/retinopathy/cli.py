@@ -1,8 +1,8 @@
 """The ``retinopathy`` command: argument parsing only; the work is in :mod:`retinopathy.grading` and
 :mod:`retinopathy.export`.
 
-Exit status: 0 when everything was done, 1 when some photographs could not be graded (named on stderr),
-2 on a usage error (bad flag, missing model file, a file that is not a retinopathy model, a device this
+Exit status: 0 when everything was done, 1 when some photographs could not be read or were ungradable (named on
+stderr), 2 on a usage error (bad flag, missing model file, a file that is not a retinopathy model, a device this
 machine lacks, an output path that is an existing directory or collides with an input, the model or another
 output); after a usage error nothing has been written or removed.
 """
@@ -33,17 +33,22 @@ relative paths are taken from the CSV's folder).
 Each photograph is preprocessed exactly as the model's training set was (the settings are stored
 in the model file), and graded in the precision the model was trained and evaluated in (recorded in
 the model file) where this machine runs it natively, else in fp32 (an fp32 model always in fp32).
-The CSV has one row per graded photograph: image, patient, eye, grade, p0..p4, p_referable
-(= p2 + p3 + p4, referable DR) and patient_grade. For names like `clinicA/10_left.jpeg` the patient
+Before grading, each photograph passes a gradability gate (docs/quality.md): is it a fundus
+photograph at all (a field of view of a plausible size, a retina's colour), and could a grader
+grade it (exposure, focus, how much of the retina is usable)? One that fails gets a row with
+gradable = False, its quality_reasons, and no grade or probabilities, as screening systems answer
+"ungradable", and is named on stderr; --no-quality-gate grades it anyway (the verdict stays in the CSV).
+The CSV has one row per photograph read: image, patient, eye, gradable, quality_reasons, grade,
+p0..p4, p_referable (= p2 + p3 + p4, referable DR) and patient_grade. For names like `clinicA/10_left.jpeg` the patient
 is the folder and the name before _left/_right (`clinicA/10`) and the eye is left; both are empty for
 other names. patient_grade is the worse eye's grade, filled only when a left and a right photograph of
 that patient (same folder, same number) were graded; photographs in different folders are never one
 patient. The grade follows the model's own decoding (argmax, or cut-points tuned on its validation set;
 a regression head's p0..p4 come from its fitted cumulative-link model); each eye is graded alone
 (the evaluate stage's two-eye blend is not applied here).
-A photograph that cannot be graded (not an image, truncated, empty, over 100 megapixels, no field
-of view, or anything else that fails while reading it) is named on stderr with its reason and gets
-NO row; the others are still graded. 100 megapixels is several times any fundus camera's frame; the
+A photograph that cannot be read (not an image, truncated, empty, over 100 megapixels, or anything
+else that fails while reading it) is named on stderr with its reason and gets NO row; the others are
+still graded. 100 megapixels is several times any fundus camera's frame; the
 limit refuses "decompression bombs", tiny files whose header claims a huge image.
 The CSV is written whole at the end (atomically), also when nothing could be graded.
 
@@ -52,7 +57,7 @@ INPUT (file, folder, CSV list or a listed image), the MODEL or each other, and -
 existing directory. --heatmaps may be a new or an existing folder; a heatmap replaces one of the
 same name, other files there are left alone.
 
-exit status: 0 all graded, 1 some could not be graded, 2 usage error (bad flag, missing model
+exit status: 0 all graded, 1 some could not be read or were ungradable, 2 usage error (bad flag, missing model
 file, not a retinopathy model, --device cuda without CUDA, an output path refused as above);
 after a usage error nothing has been written or removed.
 
@@ -112,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="photographs per forward pass (default: %(default)s)")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                          help="auto: CUDA when present; cuda without one is a usage error (default: %(default)s)")
+    predict.add_argument("--no-quality-gate", dest="quality_gate", action="store_false",
+                         help="grade every photograph with a field of view, also those the gradability gate calls "
+                         "ungradable (its verdict is still in the CSV); for research on such images only")
     export = commands.add_parser(
         "export", help="export a model to ONNX (probabilities out), verified with onnxruntime",
         description="Export a trained model to ONNX.",
@@ -155,11 +163,11 @@ def _predict(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     grading = grade_photographs(args.model, args.inputs, out=args.out, heatmaps=args.heatmaps,
-                                batch_size=args.batch_size, device=args.device)
+                                batch_size=args.batch_size, device=args.device, quality_gate=args.quality_gate)
     print(summary_table(grading))
     print(f"wrote {args.out}"
           + (f" and {len(grading.heatmaps)} heatmap(s) in {args.heatmaps}" if args.heatmaps else ""))
-    return EXIT_SOME_FAILED if grading.failures else EXIT_OK
+    return EXIT_SOME_FAILED if grading.failures or grading.ungradable else EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:

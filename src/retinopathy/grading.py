@@ -3,9 +3,12 @@
 Every photograph takes the training path (:func:`retinopathy.inference.photograph_input`), in the arithmetic
 the model was trained and evaluated in where the machine runs it natively
 (:func:`retinopathy.inference.grading_precision`).
-A photograph that cannot be graded (not an image, truncated or corrupt, empty, too large, no field of view, or
-anything else reading or cropping it raises) is named on stderr with its reason and gets no row in the CSV; the
-others are still graded. Outputs never go over, into or around an input, the model or each other
+A photograph that cannot be read (not an image, truncated or corrupt, empty, too large, or anything else reading
+it raises) is named on stderr with its reason and gets no row in the CSV; the others are still graded. Every
+photograph that can be read first passes the gradability gate (:mod:`retinopathy.quality`): one that is not a
+fundus photograph, or is one no grader could grade (under- or overexposed, out of focus, too little retina
+visible), gets a row with ``gradable`` false, its ``quality_reasons`` and no grade, as screening systems answer
+"ungradable", and is named on stderr too. Outputs never go over, into or around an input, the model or each other
 (:func:`check_grading_outputs`), and an existing directory is never replaced by a file.
 """
 
@@ -27,7 +30,8 @@ from tqdm.auto import tqdm
 from retinopathy.decoding import Decoder
 from retinopathy.images import open_rgb
 from retinopathy.inference import grading_precision, load_model, model_decoder, outputs, photograph_input
-from retinopathy.preprocessing import Cropped, failure_reason, image_failure
+from retinopathy.preprocessing import Cropped, CropSettings, failure_reason, image_failure
+from retinopathy.quality import ANALYSIS_DIAMETER, Quality, QualityThresholds, assess
 from retinopathy.utils import OutputPathError, atomic_path, check_outputs_apart, select_device, write_csv
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
@@ -55,12 +59,23 @@ class Failure:
 
 @dataclass
 class Grading:
-    """What :func:`grade_photographs` produced: one row per graded photograph, and the failures."""
+    """What :func:`grade_photographs` produced: one row per photograph read (graded, or refused as ungradable),
+    and the failures (photographs not read, heatmaps not written)."""
 
     frame: pd.DataFrame
     grade_names: Sequence[str]
     failures: list[Failure] = field(default_factory=list)
     heatmaps: list[Path] = field(default_factory=list)
+
+    @property
+    def ungradable(self) -> int:
+        """Photographs the gradability gate refused: rows without a grade."""
+        return int(self.frame["grade"].isna().sum()) if len(self.frame) else 0
+
+    @property
+    def graded_against_the_gate(self) -> int:
+        """Photographs graded although the gate called them ungradable (``quality_gate`` off)."""
+        return int((~self.frame["gradable"] & self.frame["grade"].notna()).sum()) if len(self.frame) else 0
 
 
 def read_image_list(path: Path) -> list[Path]:
@@ -135,13 +150,13 @@ def patient_and_eye(path: Path) -> tuple[str, str]:
 
 
 def patient_grade_column(frame: pd.DataFrame) -> pd.Series:
-    """The CSV's ``patient_grade``: on every row of a patient, the worse eye's predicted grade; NA unless a left and
-    a right eye of that patient were graded.
+    """The CSV's ``patient_grade``: on every graded row of a patient, the worse eye's predicted grade; NA unless a
+    left and a right eye of that patient were graded (an ungradable eye leaves its partner's patient grade NA).
 
     Two photographs of one eye do not make a two-eye patient.
     """
     out = pd.Series(pd.NA, index=frame.index, dtype="Int64")
-    named = frame[frame["patient"] != ""]
+    named = frame[(frame["patient"] != "") & frame["grade"].notna()]  # an ungradable eye has no grade to compare
     for _, rows in named.groupby("patient"):
         if {"left", "right"} <= set(rows["eye"]):
             out.loc[rows.index] = int(rows["grade"].max())
@@ -240,13 +255,17 @@ def grade_photographs(
     batch_size: int = 32,
     device: str = "auto",
     progress: bool = True,
+    quality_gate: bool = True,
+    thresholds: QualityThresholds | None = None,
 ) -> Grading:
     """Grade every photograph ``inputs`` name; write the CSV (``out``) and the heatmaps (``heatmaps``) if asked.
 
-    Columns: image, patient (folder and name before ``_left``/``_right``), eye, grade, p0..p4, p_referable
-    (p2 + p3 + p4), patient_grade (the worse eye's grade, only when a left and a right eye of the patient
-    were graded). The CSV is written whole at the end, atomically, even when no photograph could be graded,
-    so a CSV of an earlier run never stands for this one.
+    Columns: image, patient (folder and name before ``_left``/``_right``), eye, gradable, quality_reasons, grade,
+    p0..p4, p_referable (p2 + p3 + p4), patient_grade (the worse eye's grade, only when a left and a right eye of
+    the patient were graded). A photograph the gradability gate refuses has ``gradable`` false, its reasons, and
+    empty grade and probabilities; with ``quality_gate`` false every photograph with a field of view is graded
+    and the gate's verdict is only reported. The CSV is written whole at the end, atomically, even when no
+    photograph could be graded, so a CSV of an earlier run never stands for this one.
 
     Raises:
         FileNotFoundError: the model file is missing.
@@ -272,8 +291,10 @@ def grade_photographs(
     if heat_dir is not None:
         heat_dir.mkdir(parents=True, exist_ok=True)
     # Grade batch by batch, then write the table whole.
+    gate = _Gate(CropSettings.from_record(meta["preprocessing"]).fov_threshold, thresholds or QualityThresholds(),
+                 enforce=quality_gate)
     rows, written = _grade_batches(model, meta, decoder, dev, precision, paths, batch_size=batch_size,
-                                   heat_targets=heat_targets, failures=failures, progress=progress)
+                                   heat_targets=heat_targets, failures=failures, progress=progress, gate=gate)
     frame = _grading_frame(rows, len(meta["grade_names"]))
     if out is not None:
         write_csv(out, frame)
@@ -283,17 +304,18 @@ def grade_photographs(
 def _grade_batches(
     model: nn.Module, meta: dict[str, Any], decoder: Decoder, device: torch.device, precision: str,
     paths: Sequence[Path], *, batch_size: int, heat_targets: dict[Path, Path] | None, failures: list[Failure],
-    progress: bool,
+    progress: bool, gate: _Gate,
 ) -> tuple[list[dict[str, Any]], list[Path]]:
     """Grade ``paths`` ``batch_size`` at a time, with a progress bar.
 
     Args:
         heat_targets: each photograph's heatmap file (:func:`heatmap_paths`), or None for no heatmaps.
-        failures: each photograph that cannot be graded (or whose heatmap cannot be written) is appended here
+        failures: each photograph that cannot be read (or whose heatmap cannot be written) is appended here
             and named on stderr.
+        gate: the gradability gate; each photograph it refuses is named on stderr and gets a row without a grade.
 
     Returns:
-        The CSV row of each graded photograph (:func:`_row`), in order, and the heatmaps written.
+        The CSV row of each photograph read (:func:`_row`), in order, and the heatmaps written.
     """
     rows: list[dict[str, Any]] = []
     written: list[Path] = []
@@ -304,9 +326,13 @@ def _grade_batches(
         failures.append(failure)
         bar.write(f"cannot grade {failure}", file=sys.stderr)
 
+    def refuse(path: Path, quality: Quality) -> None:
+        bar.write(f"ungradable {path}: {quality.reason_text()}", file=sys.stderr)
+
     for start in range(0, len(paths), batch_size):
-        batch = _read_batch(paths[start : start + batch_size], meta, fail)
+        batch, refused = _read_batch(paths[start : start + batch_size], meta, fail, gate, refuse)
         bar.update(min(batch_size, len(paths) - start))
+        rows += [_ungradable_row(path, quality, len(meta["grade_names"])) for path, quality in refused]
         if not batch:
             continue
         images = torch.stack([tensor for _, tensor, _ in batch])
@@ -319,34 +345,69 @@ def _grade_batches(
             cams = grad_cams(model, images, grades if decoder.head == "classification" else [0] * len(batch), device)
             kept = _write_heatmaps(batch, cams, heat_targets, fail)
             written += [heat_targets[path] for (path, _, _), keep in zip(batch, kept) if keep]
-        rows += [_row(path, p, grade) for (path, _, _), p, grade, keep in zip(batch, probs, grades, kept) if keep]
+        rows += [_row(path, p, grade, gate.verdicts[path])
+                 for (path, _, _), p, grade, keep in zip(batch, probs, grades, kept) if keep]
     bar.close()
-    return rows, written
+    order = {path: i for i, path in enumerate(paths)}
+    return sorted(rows, key=lambda row: order[Path(row["image"])]), written
 
 
 def _grading_frame(rows: list[dict[str, Any]], grades: int) -> pd.DataFrame:
     """The CSV's table: ``rows`` under the CSV's columns, and each row's ``patient_grade``."""
-    columns = ["image", "patient", "eye", "grade", *[f"p{g}" for g in range(grades)], "p_referable"]
+    columns = ["image", "patient", "eye", "gradable", "quality_reasons", "grade", *[f"p{g}" for g in range(grades)],
+               "p_referable"]
     frame = pd.DataFrame(rows, columns=columns)
-    frame["grade"] = frame["grade"].astype(int)
+    frame["gradable"] = frame["gradable"].astype(bool)
+    frame["grade"] = frame["grade"].astype("Int64")
     frame["patient_grade"] = patient_grade_column(frame)
     return frame
 
 
+@dataclass
+class _Gate:
+    """The gradability gate of one grading run: its settings, and the verdict on each photograph read."""
+
+    fov_threshold: int
+    thresholds: QualityThresholds
+    enforce: bool = True
+    verdicts: dict[Path, Quality] = field(default_factory=dict)
+
+    def judge(self, path: Path) -> Quality:
+        """The verdict on the photograph at ``path``, decoded at the gate's scale (a JPEG at reduced scale).
+
+        Raises:
+            FileNotFoundError, ValueError: the photograph cannot be read (:func:`retinopathy.images.open_rgb`).
+        """
+        image, _ = open_rgb(path, draft_side=2 * ANALYSIS_DIAMETER)
+        self.verdicts[path] = assess(image, fov_threshold=self.fov_threshold, thresholds=self.thresholds)
+        return self.verdicts[path]
+
+    def refuses(self, quality: Quality) -> bool:
+        """Whether ``quality`` keeps a photograph from being graded: any failure when enforced; without a field of
+        view (nothing to crop) always."""
+        return not quality.gradable and (self.enforce or "no field of view" in quality.reason_text())
+
+
 def _read_batch(
-    paths: Sequence[Path], meta: dict[str, Any], fail: Callable[[Path, str], None]
-) -> list[tuple[Path, torch.Tensor, Cropped]]:
-    """The network's input of each photograph that can be read and cropped; ``fail`` is told about each one that
-    cannot."""
-    batch = []
+    paths: Sequence[Path], meta: dict[str, Any], fail: Callable[[Path, str], None], gate: _Gate,
+    refuse: Callable[[Path, Quality], None],
+) -> tuple[list[tuple[Path, torch.Tensor, Cropped]], list[tuple[Path, Quality]]]:
+    """The network's input of each photograph that can be read, cropped and passes ``gate``, and the photographs the
+    gate refused; ``fail`` is told about each one that cannot be read, ``refuse`` about each one refused."""
+    batch, refused = [], []
     for path in paths:
         try:
+            quality = gate.judge(path)
+            if gate.refuses(quality):
+                refuse(path, quality)
+                refused.append((path, quality))
+                continue
             tensor, cropped = photograph_input(path, meta)
-        except Exception as exc:  # missing, corrupt, too large, no field of view, or anything else one file can cause
+        except Exception as exc:  # missing, corrupt, too large, or anything else one file can cause
             fail(path, image_failure(path, exc))
             continue
         batch.append((path, tensor, cropped))
-    return batch
+    return batch, refused
 
 
 def _write_heatmaps(
@@ -368,31 +429,48 @@ def _write_heatmaps(
     return written
 
 
-def _row(path: Path, probs: np.ndarray, grade: int) -> dict[str, Any]:
-    """One CSV row: the photograph, its patient and eye, grade and probabilities."""
+def _row(path: Path, probs: np.ndarray, grade: int, quality: Quality) -> dict[str, Any]:
+    """One CSV row: the photograph, its patient and eye, the gate's verdict, grade and probabilities."""
     patient, eye = patient_and_eye(path)
-    return {"image": str(path), "patient": patient, "eye": eye, "grade": int(grade),
+    return {"image": str(path), "patient": patient, "eye": eye, "gradable": quality.gradable,
+            "quality_reasons": quality.reason_text(), "grade": int(grade),
             **{f"p{g}": round(float(probs[g]), 6) for g in range(len(probs))},
             "p_referable": round(float(probs[2:].sum()), 6)}
 
 
+def _ungradable_row(path: Path, quality: Quality, grades: int) -> dict[str, Any]:
+    """The CSV row of a photograph the gate refused: its verdict, and no grade or probabilities."""
+    patient, eye = patient_and_eye(path)
+    return {"image": str(path), "patient": patient, "eye": eye, "gradable": False,
+            "quality_reasons": quality.reason_text(), "grade": pd.NA,
+            **{f"p{g}": np.nan for g in range(grades)}, "p_referable": np.nan}
+
+
 def summary_table(grading: Grading, *, rows: int = TABLE_ROWS) -> str:
-    """The first ``rows`` graded photographs and the count per grade, as text for the terminal."""
+    """The first ``rows`` photographs (graded, or refused as ungradable) and the count per grade, as text for the
+    terminal."""
     frame, grade_names = grading.frame, grading.grade_names
     lines = []
     if len(frame):
         shown = frame.head(rows).assign(image=[Path(p).name for p in frame["image"].head(rows)])
-        shown["name"] = [grade_names[g] for g in shown["grade"]]
-        shown["patient_grade"] = ["" if pd.isna(g) else str(g) for g in shown["patient_grade"]]
+        shown["name"] = [grade_names[g] if not pd.isna(g) else "ungradable" for g in shown["grade"]]
+        for column in ("grade", "patient_grade"):
+            shown[column] = ["" if pd.isna(g) else str(g) for g in shown[column]]
+        shown["p_referable"] = ["" if pd.isna(p) else f"{p:.6f}" for p in shown["p_referable"]]
         lines.append(
             shown[["image", "grade", "name", "p_referable", "patient_grade"]].to_string(index=False, na_rep="")
         )
         if len(frame) > rows:
             lines.append(f"... {len(frame) - rows} more row(s)")
-    counts = frame["grade"].value_counts() if len(frame) else pd.Series(dtype=int)
+    graded = frame[frame["grade"].notna()] if len(frame) else frame
+    counts = graded["grade"].value_counts() if len(graded) else pd.Series(dtype=int)
     lines.append(
         "per grade: " + ", ".join(f"{g} {name}: {int(counts.get(g, 0))}" for g, name in enumerate(grade_names))
     )
+    refused = (f", {grading.ungradable} ungradable (no grade; reasons in quality_reasons and on stderr)"
+               if grading.ungradable else "")
     failed = f", {len(grading.failures)} failed (named on stderr, no row in the CSV)" if grading.failures else ""
-    lines.append(f"graded {len(frame)} photograph(s){failed}")
+    against = (f" ({grading.graded_against_the_gate} of them the gate calls ungradable: see quality_reasons)"
+               if grading.graded_against_the_gate else "")
+    lines.append(f"graded {len(graded)} photograph(s){against}{refused}{failed}")
     return "\n".join(lines)

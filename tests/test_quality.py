@@ -1,0 +1,143 @@
+"""The gradability gate on real photographs: a real fundus photograph passes, photographs of other things are
+not fundus photographs even seen through a black circle, and a fundus that is out of focus, badly exposed or
+half hidden is ungradable with the reason."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from retinopathy.fundus import find_fov
+from retinopathy.quality import MAX_UPSCALE, Quality, QualityThresholds, _analysis_frame, assess, judge
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from quality_gate import (  # noqa: E402  (the benchmark's case makers are the tests' too)
+    NOT_FUNDUS,
+    cut_top_bottom,
+    defocus,
+    expose,
+    gradable_photos,
+    in_black_circle,
+    lid_shadow,
+    skimage_photo,
+)
+
+
+@pytest.fixture(scope="module")
+def retina() -> Image.Image:
+    """The real fundus photograph scikit-image ships (1411 x 1411)."""
+    return skimage_photo("retina.jpg")
+
+
+@pytest.fixture(scope="module")
+def fundus_photos(retina: Image.Image) -> list[Image.Image]:
+    """Gradable photographs: the real one, it cut at the top and bottom, and synthetic ones of every grade."""
+    return [retina, cut_top_bottom(retina), *(photo for _, photo in gradable_photos(10))]
+
+
+def _reasons(quality: Quality) -> str:
+    return quality.reason_text()
+
+
+def test_real_and_synthetic_fundus_photographs_are_gradable(fundus_photos: list[Image.Image]) -> None:
+    for photo in fundus_photos:
+        quality = assess(photo)
+        assert quality.gradable and quality.fundus and quality.reasons == (), quality
+        assert quality.measures["retina_colour_share"] > 0.95
+
+
+@pytest.mark.parametrize("name", NOT_FUNDUS)
+def test_photographs_of_other_things_are_not_fundus_photographs(name: str) -> None:
+    photo = skimage_photo(name)
+    for frame in (photo, in_black_circle(photo)):  # in the circle it has a field of view: colour must tell
+        quality = assess(frame)
+        assert not quality.gradable
+        text = _reasons(quality)
+        assert text.startswith("not a fundus photograph") or text.startswith("underexposed"), text
+
+
+def test_a_person_seen_through_a_black_circle_is_refused_by_colour() -> None:
+    quality = assess(in_black_circle(skimage_photo("astronaut.png")))
+    assert not quality.gradable and not quality.fundus
+    assert "colour unlike a retina" in _reasons(quality)
+    assert quality.measures["retina_colour_share"] < 0.6
+
+
+@pytest.mark.parametrize("degrade, reason", [
+    (lambda im: defocus(im, 0.02), "out of focus"),
+    (lambda im: expose(im, 12.0), "underexposed"),
+    (lambda im: expose(im, 225.0), "overexposed"),
+    (lid_shadow, "too little of the retina is usable"),
+])
+def test_a_degraded_fundus_is_ungradable_with_its_reason(fundus_photos: list[Image.Image], degrade, reason) -> None:
+    for photo in fundus_photos[:6]:
+        quality = assess(degrade(photo))
+        assert not quality.gradable, quality.measures
+        assert quality.fundus  # a bad photograph of a retina, not something else
+        assert reason in _reasons(quality), _reasons(quality)
+
+
+def test_mild_defocus_stays_gradable_and_strong_defocus_lowers_focus_steadily(retina: Image.Image) -> None:
+    focus = [assess(defocus(retina, share)).measures["focus"] for share in (0.0, 0.005, 0.01, 0.02)]
+    assert focus == sorted(focus, reverse=True)
+    assert assess(defocus(retina, 0.005)).gradable
+
+
+def test_no_field_of_view_is_no_fundus_photograph() -> None:
+    for frame in (Image.new("RGB", (64, 64)), Image.new("RGB", (200, 150), (255, 255, 255))):
+        quality = assess(frame)
+        assert not quality.gradable and not quality.fundus
+        assert "no field of view" in _reasons(quality)
+
+
+def test_every_limit_can_fail_alone_and_names_its_measurement() -> None:
+    good = {"frame_share": 0.6, "usable_share": 1.0, "red_share": 0.6, "blue_share": 0.1,
+            "retina_colour_share": 1.0, "dark_share": 0.0, "bright_share": 0.0, "clipped_share": 0.1, "focus": 0.08,
+            "coverage": 1.0}
+    thresholds = QualityThresholds()
+    assert judge(good, thresholds).gradable
+    for key, value, words in [
+        ("frame_share", 0.1, "covers 10% of the frame"),
+        ("retina_colour_share", 0.5, "50% of the field of view is retina-red"),
+        ("dark_share", 0.7, "underexposed: 70%"),
+        ("bright_share", 0.4, "overexposed: 40%"),
+        ("clipped_share", 0.9, "red channel is clipped over 90%"),
+        ("focus", 0.01, "out of focus"),
+        ("coverage", 0.5, "50% of the field of view"),
+    ]:
+        quality = judge({**good, key: value}, thresholds)
+        assert not quality.gradable and words in _reasons(quality), (key, _reasons(quality))
+
+
+def test_thresholds_out_of_range_are_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="max_dark_share"):
+        QualityThresholds(max_dark_share=1.5)
+    with pytest.raises(ValueError, match="dark_level"):
+        QualityThresholds(dark_level=230, bright_level=215)
+    with pytest.raises(ValueError, match="min_focus"):
+        QualityThresholds(min_focus=-0.1)
+
+
+def test_the_measurements_do_not_depend_on_the_cameras_resolution(retina: Image.Image) -> None:
+    small = retina.resize((700, 700), Image.Resampling.LANCZOS)
+    full, half = assess(retina).measures, assess(small).measures
+    for key in ("retina_colour_share", "dark_share", "coverage"):
+        assert abs(full[key] - half[key]) < 0.02, key
+    assert abs(full["focus"] - half["focus"]) < 0.25 * full["focus"]
+    assert np.isfinite(list(full.values())).all()
+
+
+
+def test_a_tiny_bright_disc_is_not_blown_up_to_the_analysis_scale() -> None:
+    frame = Image.new("RGB", (400, 300))
+    ImageDraw.Draw(frame).ellipse((194, 144, 206, 156), fill=(200, 60, 20))  # a 12-px disc: a circle to find_fov
+    fov = find_fov(frame)
+    assert fov.radius < 8
+    enlarged, _ = _analysis_frame(frame, fov)
+    assert enlarged.shape[:2] == (300 * MAX_UPSCALE, 400 * MAX_UPSCALE)  # not the 21x that 256 px would need
+    quality = assess(frame)
+    assert not quality.gradable and not quality.fundus and "covers" in quality.reason_text()
