@@ -15,11 +15,14 @@ from pathlib import Path
 from typing import Sequence
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+# The labelled sets `retinopathy evaluate` reads (retinopathy.external), all graded on the ICDR 0-4 scale.
+EXTERNAL_SOURCES = ("course", "kaggle", "aptos", "idrid", "messidor2")
 
 MAIN_EPILOG = """\
 examples:
   retinopathy predict models/resnet18-true-42.pt photos/ --out grades.csv
   retinopathy predict models/resnet18-true-42.pt 10_left.jpeg 10_right.jpeg --heatmaps heatmaps/
+  retinopathy evaluate models/resnet18-true-42.pt --source messidor2 --root ~/data/messidor2 --out m2.json
   retinopathy export models/resnet18-true-42.pt --onnx resnet18.onnx
 
 Run `retinopathy <command> --help` for each command's options. Also runs as `python -m retinopathy`.
@@ -64,6 +67,30 @@ after a usage error nothing has been written or removed.
 examples:
   retinopathy predict models/resnet18-true-42.pt photos/ --out grades.csv
   retinopathy predict models/resnet50-true-42.pt list.csv extra.jpeg --heatmaps heatmaps/ --device cpu
+"""
+
+EVALUATE_EPILOG = """\
+SOURCE is the layout of the labelled set under --root (docs/real-data.md):
+  course     the course layout; its test split (train_img.csv ... test_label.csv, <name>.jpeg)
+  kaggle     Kaggle 2015: trainLabels.csv and train/<image>.jpeg; every labelled row
+  aptos      APTOS 2019: train.csv and train_images/<id_code>.png; every labelled row
+  idrid      IDRiD disease grading: "B. Disease Grading/2. Groundtruths/a. IDRiD_Disease Grading_Training
+             Labels.csv" (and b. ..._Testing Labels.csv), images "B. Disease Grading/1. Original Images/
+             a. Training Set/<Image name>.jpg" (and b. Testing Set); each image its own patient
+  messidor2  Messidor-2, adjudicated grades (Krause et al. 2018): messidor_data.csv, images by image_id
+             anywhere under --root (.png, .JPG); ungradable rows left out and counted; the two images
+             of an examination are one patient where messidor-2.csv pairs them
+A set with another grade scale is refused. Every photograph is cropped as the model's training set
+was, graded by the model's own decoding; the JSON has accuracy, QWK and macro-F1 with 95%
+patient-bootstrap intervals, the confusion matrix and per-grade recall, and referable DR (grade >= 2)
+AUC, sensitivity and specificity at P(referable) >= 0.5; the CSV one row per photograph. A label
+problem (a grade outside 0..4, a missing image, a duplicate) is named with its file and row, and
+nothing is written; so is a photograph that cannot be cropped, unless --skip-bad-images.
+
+exit status: 0 scored, 2 usage error or a problem in the set (named; nothing written).
+
+example:
+  retinopathy evaluate models/resnet18-true-42.pt --source idrid --root ~/data/IDRiD --out idrid.json
 """
 
 EXPORT_EPILOG = """\
@@ -120,6 +147,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--no-quality-gate", dest="quality_gate", action="store_false",
                          help="grade every photograph with a field of view, also those the gradability gate calls "
                          "ungradable (its verdict is still in the CSV); for research on such images only")
+    evaluate = commands.add_parser(
+        "evaluate", help="score a model on a labelled set it never saw (external validation)",
+        description="Score a trained model on a labelled external set: accuracy, QWK, macro-F1 and referable "
+        "screening, with intervals over patients.",
+        epilog=EVALUATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument("model", metavar="MODEL", help="a trained model, e.g. models/resnet18-true-42.pt")
+    evaluate.add_argument("--source", required=True, choices=EXTERNAL_SOURCES,
+                          help="the set's layout (all grade on the ICDR 0-4 scale)")
+    evaluate.add_argument("--root", required=True, metavar="DIR", help="the set's folder, as it is laid out")
+    evaluate.add_argument("--out", required=True, metavar="FILE.json",
+                          help="metrics JSON to write; the predictions CSV goes next to it (FILE.csv)")
+    evaluate.add_argument("--idrid-sets", nargs="+", choices=["train", "test"], default=["train", "test"],
+                          help="IDRiD only: which of its sets to score (default: both)")
+    evaluate.add_argument("--skip-bad-images", action="store_true",
+                          help="leave out photographs that cannot be cropped (counted in the JSON) instead of "
+                          "stopping")
+    evaluate.add_argument("--batch-size", type=int, default=32, help="photographs per forward pass (default: 32)")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                          help="auto: CUDA when present (default: %(default)s)")
     export = commands.add_parser(
         "export", help="export a model to ONNX (probabilities out), verified with onnxruntime",
         description="Export a trained model to ONNX.",
@@ -144,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "predict":
             return _predict(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
         return _export(args)
     except FileNotFoundError as exc:
         print(f"retinopathy {args.command}: {exc}", file=sys.stderr)
@@ -168,6 +217,37 @@ def _predict(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}"
           + (f" and {len(grading.heatmaps)} heatmap(s) in {args.heatmaps}" if args.heatmaps else ""))
     return EXIT_SOME_FAILED if grading.failures or grading.ungradable else EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from retinopathy.external import evaluate_external, read_external
+    from retinopathy.utils import OutputPathError, check_outputs_apart
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out = Path(args.out)
+    predictions = out.with_suffix(".csv")
+    for what, path in (("--out", out), ("its predictions CSV", predictions)):
+        if path.is_dir():
+            raise OutputPathError(f"{what} {path} is an existing directory (nothing was written)")
+    check_outputs_apart([("--out", out), ("its predictions CSV", predictions)],
+                        [("the model", args.model), ("--root", args.root)])
+    if not Path(args.model).is_file():
+        raise FileNotFoundError(f"model file not found: {args.model}")
+    data = read_external(args.source, args.root, idrid_sets=tuple(args.idrid_sets))
+    metrics = evaluate_external(args.model, data, out=out, predictions=predictions, device=args.device,
+                                batch_size=args.batch_size, skip_bad_images=args.skip_bad_images)
+    external, kappa = metrics["external"], metrics["intervals"]["kappa"]
+    auc = metrics["referable"]["auc"]
+    print(f"{args.source}: {external['images']} images of {external['patients']} patients "
+          f"({external['patients_formed']})")
+    for reason, count in external["left_out"].items():
+        print(f"left out: {count} {reason}")
+    print(f"accuracy {metrics['accuracy']:.4f}, QWK {metrics['kappa']:.4f} [{kappa['low']:.3f}, {kappa['high']:.3f}], "
+          f"macro-F1 {metrics['macro_f1']:.4f}"
+          + (f", referable AUC {auc['value']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]" if auc else ""))
+    print(f"wrote {out} and {predictions}")
+    return EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:
