@@ -5,7 +5,8 @@ backward, AdamW) and of inference, in the default layout and in channels_last, i
 and the milliseconds of one AdamW step over each network's parameters, looped over the tensors (torch's
 default on CPU), ``foreach`` and ``fused``. The project trains with fused steps, in channels_last on CUDA and
 the default layout on CPU (``retinopathy.training.make_optimizer``, ``retinopathy.inference.memory_format_for``,
-whose docstring has the figures behind that choice); rerun this to check it on another CPU. bf16 rows are slow where the CPU has no native bf16 (emulated).
+whose docstring has the figures behind that choice); rerun this to check it on another CPU. bf16 rows are
+slow where the CPU has no native bf16 (emulated).
 
     python benchmarks/layout.py                  # 64 px, batch 32, as the default pipeline trains
     python benchmarks/layout.py --size 128 --steps 4
