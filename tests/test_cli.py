@@ -495,6 +495,7 @@ def _gate_cases(folder: Path) -> dict[str, Path]:
         "6_left.png": defocus(sharp, 0.02),
         "6_right.png": expose(sharp, 12.0),
         "7_left.png": lid_shadow(sharp),
+        "7_right.png": render_fundus(3, np.random.default_rng(13), size=256, eye="right"),
     }
     for name, image in cases.items():
         image.save(folder / name)
@@ -521,9 +522,12 @@ def test_ungradable_photographs_get_a_row_with_reasons_and_no_grade(
             assert f"ungradable {path}: {expected[name]}" in captured.err
         else:
             assert row["gradable"] and row["quality_reasons"] == "" and row["grade"] in {"0", "1", "2", "3", "4"}
-    # Patient 5 has both eyes graded; patient 6 none, so no patient grade.
+    # Patient 5 has both eyes graded; patient 6 none, so no patient grade; patient 7's right eye is graded and
+    # its left one refused, so no patient grade either.
     assert frame.loc[str(photos["5_left.png"]), "patient_grade"] != ""
-    assert "4 ungradable" in captured.out and "graded 2 photograph(s)" in captured.out
+    assert frame.loc[str(photos["7_right.png"]), "gradable"] and frame.loc[str(photos["7_right.png"]), "grade"] != ""
+    assert frame.loc[str(photos["7_right.png"]), "patient_grade"] == ""
+    assert "4 ungradable" in captured.out and "graded 3 photograph(s)" in captured.out
 
 
 def test_without_the_gate_a_fundus_is_graded_and_its_verdict_kept(model_file: Path, tmp_path: Path) -> None:

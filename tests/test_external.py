@@ -39,17 +39,17 @@ def _photo(path: Path, seed: int) -> None:
 
 def _idrid(root: Path, train_grades: list[str], test_grades: list[str]) -> Path:
     """IDRiD's disease-grading part: its CSVs with the shipped header (a trailing space, empty extra columns and
-    empty rows at the end), and one .jpg per listed image."""
+    empty rows at the end), and one .jpg per listed image; each set numbers its images from IDRiD_001, as shipped."""
     for split, grades, csv, folder in (
         ("Training", train_grades, "a. IDRiD_Disease Grading_Training Labels.csv", "a. Training Set"),
         ("Testing", test_grades, "b. IDRiD_Disease Grading_Testing Labels.csv", "b. Testing Set"),
     ):
-        offset = 0 if split == "Training" else 100
+        seed = 0 if split == "Training" else 100
         lines = ["Image name,Retinopathy grade,Risk of macular edema ,,"]
         for i, grade in enumerate(grades):
-            name = f"IDRiD_{offset + i + 1:03d}"
+            name = f"IDRiD_{i + 1:03d}"
             lines.append(f"{name},{grade},0,,")
-            _photo(root / IDRID / "1. Original Images" / folder / f"{name}.jpg", offset + i)
+            _photo(root / IDRID / "1. Original Images" / folder / f"{name}.jpg", seed + i)
         lines += [",,,,", ",,,,"]
         labels = root / IDRID / "2. Groundtruths" / csv
         labels.parent.mkdir(parents=True, exist_ok=True)
@@ -78,15 +78,17 @@ def test_idrid_both_sets_each_image_its_own_patient(model_file: Path, tmp_path: 
                  "--device", "cpu"]) == 0
     metrics = json.loads(out.read_text())
     external = metrics["external"]
+    # Both sets have an IDRiD_001 and an IDRiD_002: six images, six patients, none merged.
     assert (external["images"], external["patients"]) == (6, 6)
     assert "each image is its own patient" in external["patients_formed"]
     assert metrics["n"] == 6 and sum(map(sum, metrics["confusion"])) == 6
     assert {"accuracy", "kappa", "macro_f1"} <= set(metrics["intervals"])
     predictions = pd.read_csv(out.with_suffix(".csv"))
     assert sorted(predictions["actual"]) == [0, 0, 1, 2, 3, 4]
+    assert sorted(predictions["image"])[:2] == ["test/IDRiD_001", "test/IDRiD_002"]
     assert np.allclose(predictions[[f"p{g}" for g in range(5)]].sum(axis=1), 1, atol=1e-4)
     only_test = read_external("idrid", root, idrid_sets=("test",))
-    assert list(only_test.frame["image"]) == ["IDRiD_101", "IDRiD_102"]
+    assert list(only_test.frame["image"]) == ["test/IDRiD_001", "test/IDRiD_002"]
 
 
 def test_idrid_unknown_grade_and_missing_image_are_named_with_file_and_row(
@@ -98,7 +100,7 @@ def test_idrid_unknown_grade_and_missing_image_are_named_with_file_and_row(
     assert main(["evaluate", str(model_file), "--source", "idrid", "--root", str(root), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Training Labels.csv, row 3: 'IDRiD_002' has grade '5'" in err
-    assert "Testing Labels.csv, row 2: 'IDRiD_101' has grade 'x'" in err
+    assert "Testing Labels.csv, row 2: 'IDRiD_001' has grade 'x'" in err
     assert "row 4: image 'IDRiD_003' not found" in err
     assert not out.exists() and not out.with_suffix(".csv").exists()
 
@@ -150,3 +152,28 @@ def test_a_set_of_unknown_grade_scale_and_outputs_inside_the_set_are_refused(
     inside = root / "scores.json"
     assert main(["evaluate", str(model_file), "--source", "idrid", "--root", str(root), "--out", str(inside)]) == 2
     assert "lies inside --root" in capsys.readouterr().err and not inside.exists()
+
+
+def test_messidor2_finds_images_whatever_the_case_or_extension_and_names_clashes(tmp_path: Path) -> None:
+    rows = [("a.png", "0", "1"), ("b.png", "1", "1")]
+    root = _messidor(tmp_path / "messidor2", rows)
+    (root / "Base12" / "a.png").rename(root / "Base12" / "A.PNG")  # another case on disk
+    (root / "Base11" / "b.png").rename(root / "Base11" / "b.tif")  # another extension: found by its stem
+    data = read_external("messidor2", root)
+    assert [Path(p).name for p in data.frame["path"]] == ["A.PNG", "b.tif"]
+    render_fundus(0, np.random.default_rng(9), size=64).save(root / "Base12" / "b.png")
+    assert Path(read_external("messidor2", root).frame["path"].iat[1]).name == "b.png"  # the exact name wins
+    (root / "copy").mkdir()
+    (root / "copy" / "b.png").write_bytes((root / "Base12" / "b.png").read_bytes())  # two files named b.png
+    with pytest.raises(ExternalSetError, match=r"row 3: 'b.png' matches more than one file"):
+        read_external("messidor2", root)
+
+
+def test_a_name_listed_twice_is_named_with_its_rows(tmp_path: Path) -> None:
+    root = _idrid(tmp_path / "IDRiD", ["0", "1"], ["2"])
+    labels = root / IDRID / "2. Groundtruths" / "a. IDRiD_Disease Grading_Training Labels.csv"
+    lines = labels.read_text().splitlines()
+    labels.write_text("\n".join([lines[0], lines[1], "", lines[2], lines[1]]) + "\n")  # a blank line, then a repeat
+    with pytest.raises(ExternalSetError) as caught:
+        read_external("idrid", root)
+    assert "image 'IDRiD_001' is listed more than once, at rows 2, 5" in str(caught.value)

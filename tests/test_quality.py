@@ -57,7 +57,9 @@ def test_photographs_of_other_things_are_not_fundus_photographs(name: str) -> No
         quality = assess(frame)
         assert not quality.gradable
         text = _reasons(quality)
-        assert text.startswith("not a fundus photograph") or text.startswith("underexposed"), text
+        # The deep-sky field is mostly black, so its colour is not judged: it is refused as underexposed.
+        expected = "underexposed" if name == "hubble_deep_field.jpg" else "not a fundus photograph"
+        assert text.startswith(expected), text
 
 
 def test_a_person_seen_through_a_black_circle_is_refused_by_colour() -> None:

@@ -83,7 +83,8 @@ SOURCE is the layout of the labelled set under --root (docs/real-data.md):
 A set with another grade scale is refused. Every photograph is cropped as the model's training set
 was, graded by the model's own decoding; the JSON has accuracy, QWK and macro-F1 with 95%
 patient-bootstrap intervals, the confusion matrix and per-grade recall, and referable DR (grade >= 2)
-AUC, sensitivity and specificity at P(referable) >= 0.5; the CSV one row per photograph. A label
+AUC, sensitivity and specificity at P(referable) >= 0.5; the CSV (--predictions, default FILE.csv
+beside --out) one row per photograph. A label
 problem (a grade outside 0..4, a missing image, a duplicate) is named with its file and row, and
 nothing is written; so is a photograph that cannot be cropped, unless --skip-bad-images.
 
@@ -157,8 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--source", required=True, choices=EXTERNAL_SOURCES,
                           help="the set's layout (all grade on the ICDR 0-4 scale)")
     evaluate.add_argument("--root", required=True, metavar="DIR", help="the set's folder, as it is laid out")
-    evaluate.add_argument("--out", required=True, metavar="FILE.json",
-                          help="metrics JSON to write; the predictions CSV goes next to it (FILE.csv)")
+    evaluate.add_argument("--out", required=True, metavar="FILE.json", help="metrics JSON to write")
+    evaluate.add_argument("--predictions", metavar="FILE.csv",
+                          help="per-photograph predictions CSV to write (default: --out with .csv)")
     evaluate.add_argument("--idrid-sets", nargs="+", choices=["train", "test"], default=["train", "test"],
                           help="IDRiD only: which of its sets to score (default: both)")
     evaluate.add_argument("--skip-bad-images", action="store_true",
@@ -226,11 +228,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     out = Path(args.out)
-    predictions = out.with_suffix(".csv")
-    for what, path in (("--out", out), ("its predictions CSV", predictions)):
+    predictions = Path(args.predictions) if args.predictions else out.with_suffix(".csv")
+    for what, path in (("--out", out), ("the predictions CSV", predictions)):
         if path.is_dir():
             raise OutputPathError(f"{what} {path} is an existing directory (nothing was written)")
-    check_outputs_apart([("--out", out), ("its predictions CSV", predictions)],
+    check_outputs_apart([("--out", out), ("the predictions CSV", predictions)],
                         [("the model", args.model), ("--root", args.root)])
     if not Path(args.model).is_file():
         raise FileNotFoundError(f"model file not found: {args.model}")

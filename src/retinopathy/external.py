@@ -14,7 +14,7 @@ Layouts (``SOURCE``):
   Labels.csv`` and ``b. IDRiD_Disease Grading_Testing Labels.csv``, columns ``Image name``, ``Retinopathy
   grade`` (and ``Risk of macular edema `` with its trailing space, not used), images ``B. Disease Grading/1.
   Original Images/a. Training Set/<name>.jpg`` and ``b. Testing Set/``. One image per eye and no patient key:
-  each image is its own patient.
+  each image is its own patient. Both sets number from ``IDRiD_001``, so an image is named ``<set>/<name>``.
 - ``messidor2`` (Messidor-2 with the adjudicated grades of Krause et al. 2018): ``messidor_data.csv``,
   columns ``image_id``, ``adjudicated_dr_grade``, ``adjudicated_dme``, ``adjudicated_gradable``; images found
   by ``image_id`` anywhere under the root (``.png`` and ``.JPG``, any case). Rows with
@@ -76,19 +76,29 @@ def _grades(values: pd.Series, images: pd.Series, rows: np.ndarray, source: str,
     for i in np.flatnonzero(bad):
         problems.append(f"{source}, row {rows[i]}: {images.iat[i]!r} has grade {values.iat[i]!r}, "
                         "not one of 0..4 on the ICDR scale")
-    return numeric.fillna(-1).astype("int64").to_numpy()
+    return numeric.where(~bad, -1).astype("int64").to_numpy()
 
 
 def _read_table(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """A CSV with a header, every cell a string, column names stripped (IDRiD's header has trailing spaces)."""
     if not path.is_file():
         raise FileNotFoundError(f"label file not found: {path}")
-    frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig", skip_blank_lines=True, keep_default_na=False)
+    # Blank lines are kept (and dropped below), so that index + 2 is each row's line in the file.
+    frame = pd.read_csv(path, dtype=str, encoding="utf-8-sig", skip_blank_lines=False, keep_default_na=False)
     frame.columns = [str(c).strip() for c in frame.columns]
+    frame = frame[(frame != "").any(axis=1)] if len(frame.columns) else frame
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ExternalSetError(f"{path}: needs columns {list(columns)}, has {[c for c in frame.columns if c]}")
     return frame
+
+
+def _duplicates(images: pd.Series, rows: np.ndarray, source: str, problems: list[str]) -> None:
+    """A problem for each image name listed more than once in one table, with its file rows."""
+    names = images.reset_index(drop=True)
+    for name, at in names[names.duplicated(keep=False)].groupby(names).groups.items():
+        problems.append(f"{source}: image {name!r} is listed more than once, at rows "
+                        + ", ".join(str(rows[i]) for i in at))
 
 
 def _missing_images(frame: pd.DataFrame, rows: np.ndarray, source: str, problems: list[str]) -> None:
@@ -102,39 +112,46 @@ def _missing_images(frame: pd.DataFrame, rows: np.ndarray, source: str, problems
 def read_idrid(root: Path, sets: tuple[str, ...] = ("train", "test")) -> ExternalSet:
     """IDRiD's disease-grading part: both sets unless ``sets`` says otherwise; each image its own patient."""
     frames, problems = [], []
-    for name in sets:
+    for name in dict.fromkeys(sets):  # each set once
         labels, images = IDRID_SETS[name]
         path = root / IDRID_DIR / labels
         table = _read_table(path, ("Image name", "Retinopathy grade"))
         table = table[table["Image name"].str.strip() != ""]  # the shipped files end in empty rows
         rows = table.index.to_numpy() + 2  # file rows: the header is row 1
-        frame = pd.DataFrame({"image": table["Image name"].str.strip().to_numpy()})
-        frame["level"] = _grades(table["Retinopathy grade"], frame["image"], rows, str(path), problems)
+        names = table["Image name"].str.strip()
+        # Each set numbers its images from IDRiD_001: the set is part of every image's name.
+        frame = pd.DataFrame({"image": [f"{name}/{image}" for image in names]})
+        frame["level"] = _grades(table["Retinopathy grade"], names, rows, str(path), problems)
         folder = root / IDRID_DIR / images
-        frame["path"] = [str(folder / f"{image}.jpg") for image in frame["image"]]
-        _missing_images(frame, rows, str(path), problems)
+        frame["path"] = [str(folder / f"{image}.jpg") for image in names]
+        _duplicates(names, rows, str(path), problems)
+        _missing_images(frame.assign(image=names.to_numpy()), rows, str(path), problems)
         frames.append(frame)
-    frame = pd.concat(frames, ignore_index=True)
-    for name in frame["image"][frame["image"].duplicated()]:
-        problems.append(f"IDRiD: image {name!r} is listed more than once")
     if problems:
         raise _problem_error(root, problems)
+    frame = pd.concat(frames, ignore_index=True)
     frame["patient"] = frame["image"]
     return ExternalSet("idrid", root, frame, "each image is its own patient (IDRiD has one image per eye and no "
-                       "patient key)")
+                       "patient key); images are named <set>/<Image name>, as each set numbers from IDRiD_001")
 
 
-def _find_images(root: Path) -> dict[str, Path]:
-    """Every image file under ``root`` by its name, and by its name without the suffix, lower-cased."""
+def _find_images(root: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Every image file under ``root`` (walked in sorted order) by its name and by its name without the suffix,
+    lower-cased; and the keys that more than one file answers to."""
     found: dict[str, Path] = {}
+    clashes: dict[str, list[Path]] = {}
     for parent, folders, files in os.walk(root):
-        folders[:] = [f for f in folders if not f.startswith(".")]
-        for name in files:
-            if Path(name).suffix.lower() in MESSIDOR_SUFFIXES:
-                path = Path(parent) / name
-                found.setdefault(name.lower(), path)
-                found.setdefault(Path(name).stem.lower(), path)
-    return found
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for name in sorted(files):
+            if Path(name).suffix.lower() not in MESSIDOR_SUFFIXES:
+                continue
+            path = Path(parent) / name
+            for key in dict.fromkeys((name.lower(), Path(name).stem.lower())):
+                if key in found:
+                    clashes.setdefault(key, [found[key]]).append(path)
+                else:
+                    found[key] = path
+    return found, clashes
 
 
 def _messidor_patients(root: Path, images: pd.Series) -> tuple[list[str], str]:
@@ -168,11 +185,15 @@ def read_messidor2(root: Path) -> ExternalSet:
     rows = kept.index.to_numpy() + 2  # file rows: the header is row 1
     frame = pd.DataFrame({"image": kept["image"].to_numpy()})
     frame["level"] = _grades(kept["adjudicated_dr_grade"], frame["image"], rows, str(path), problems)
-    found = _find_images(root)
-    frame["path"] = [str(found.get(name.lower(), found.get(Path(name).stem.lower(), ""))) for name in frame["image"]]
+    found, clashes = _find_images(root)
+    keys = [name.lower() if name.lower() in found else Path(name).stem.lower() for name in frame["image"]]
+    frame["path"] = [str(found[key]) if key in found else "" for key in keys]
+    for i, key in enumerate(keys):
+        if key in clashes:
+            problems.append(f"{path}, row {rows[i]}: {frame['image'].iat[i]!r} matches more than one file under the "
+                            f"root: {', '.join(map(str, clashes[key]))}")
     _missing_images(frame, rows, str(path), problems)
-    for name in frame["image"][frame["image"].duplicated()]:
-        problems.append(f"{path}: image {name!r} is listed more than once")
+    _duplicates(frame["image"], rows, str(path), problems)
     if problems:
         raise _problem_error(root, problems)
     patients, how = _messidor_patients(root, frame["image"])
@@ -188,12 +209,18 @@ def read_known(source: str, root: Path) -> ExternalSet:
     tables = read_source(source, root)
     frame = tables["test"] if source == "course" else tables["train"]
     frame = frame.assign(patient=[patient_of(name) for name in frame["image"]]).reset_index(drop=True)
+    # The course's lists have no header (row 1 is the first image); Kaggle's and APTOS's CSVs have one.
+    table, rows = (("test_img.csv", np.arange(len(frame)) + 1) if source == "course" else
+                   ("trainLabels.csv" if source == "kaggle" else "train.csv", np.arange(len(frame)) + 2))
     problems: list[str] = []
-    _missing_images(frame, np.arange(len(frame)) + 1, source, problems)
+    _missing_images(frame, rows, str(root / table), problems)
     if problems:
         raise _problem_error(root, problems)
     split = "its test split" if source == "course" else "every labelled row"
-    return ExternalSet(source, root, frame, f"{split}; both eyes of a patient (<id>_left, <id>_right) form one patient")
+    paired = int(frame["patient"].duplicated(keep=False).sum())
+    how = ("both eyes of a patient (<id>_left, <id>_right) form one patient" if paired else
+           "each image is its own patient (no <id>_left/<id>_right names)")
+    return ExternalSet(source, root, frame, f"{split}; {how}")
 
 
 def read_external(source: str, root: str | os.PathLike[str], *, idrid_sets: tuple[str, ...] = ("train", "test")

@@ -385,7 +385,7 @@ class _Gate:
     def refuses(self, quality: Quality) -> bool:
         """Whether ``quality`` keeps a photograph from being graded: any failure when enforced; without a field of
         view (nothing to crop) always."""
-        return not quality.gradable and (self.enforce or "no field of view" in quality.reason_text())
+        return not quality.gradable and (self.enforce or not quality.fov_found)
 
 
 def _read_batch(
@@ -402,9 +402,17 @@ def _read_batch(
                 refuse(path, quality)
                 refused.append((path, quality))
                 continue
-            tensor, cropped = photograph_input(path, meta)
         except Exception as exc:  # missing, corrupt, too large, or anything else one file can cause
             fail(path, image_failure(path, exc))
+            continue
+        try:
+            tensor, cropped = photograph_input(path, meta)
+        except Exception as exc:
+            if not quality.gradable:  # without the gate: a photograph it refused that cannot be cropped either
+                refuse(path, quality)
+                refused.append((path, quality))
+            else:
+                fail(path, image_failure(path, exc))
             continue
         batch.append((path, tensor, cropped))
     return batch, refused

@@ -44,7 +44,7 @@ RIM_MARGIN = 0.08
 # A retina-coloured pixel: green below RETINA_GREEN_OVER_RED and blue below RETINA_BLUE_OVER_RED of its red
 # (the choroid's blood seen through the pigmented retina). Measured with benchmarks/quality_gate.py: at least
 # 97% of the usable pixels of every synthetic photograph and of the real one are; of skin, fur, metal,
-# grey-level pictures and a colour wheel, under 50%; of a brown coffee cup, 89%.
+# grey-level pictures and a colour wheel, under 50%; of a brown coffee cup seen through a black circle, 87%.
 RETINA_GREEN_OVER_RED = 0.8
 RETINA_BLUE_OVER_RED = 0.5
 # The colour check needs at least this share of the field of view neither too dark nor washed out.
@@ -90,6 +90,7 @@ class Quality:
     reasons: tuple[str, ...] = ()
     measures: dict[str, float] = field(default_factory=dict)
     fundus: bool = True  # False when the frame is not a fundus photograph at all (no grade can mean anything)
+    fov_found: bool = True  # False when find_fov found no field of view: there is nothing to crop
 
     def reason_text(self) -> str:
         """The reasons as one line (empty when gradable)."""
@@ -131,11 +132,24 @@ def focus_energy(green: np.ndarray, inner: np.ndarray) -> float:
     return float(band.std() / level) if level > 0 and band.size else 0.0
 
 
+def frame_share(fov: FieldOfView, width: int, height: int) -> float:
+    """The share of a ``width`` x ``height`` frame inside the circle ``fov``, on a 128 x 128 grid of the frame."""
+    ys = (np.arange(128) + 0.5) * height / 128
+    xs = (np.arange(128) + 0.5) * width / 128
+    return float(((xs[None, :] - fov.cx) ** 2 + (ys[:, None] - fov.cy) ** 2 <= fov.radius**2).mean())
+
+
 def measure(image: Image.Image, fov: FieldOfView, thresholds: QualityThresholds) -> dict[str, float]:
-    """Every measurement the gate judges, for ``image`` (RGB) and its field of view ``fov``."""
+    """Every measurement the gate judges, for ``image`` (RGB) and its field of view ``fov``.
+
+    A circle too small for a fundus photograph's field of view gets its frame share alone: the frame is then
+    never resampled (a small bright spot in a large frame would make a huge analysis frame).
+    """
+    share = frame_share(fov, image.width, image.height)
+    if share < thresholds.min_frame_share:
+        return {"frame_share": share}
     arr, circle = _analysis_frame(image, fov)
     height, width = arr.shape[:2]
-    inside = _disc((height, width), circle)
     inner = _disc((height, width), circle, RIM_MARGIN)
     disc_area = np.pi * circle.radius**2
     red, green, blue = arr[..., 0], arr[..., 1], arr[..., 2]
@@ -149,7 +163,7 @@ def measure(image: Image.Image, fov: FieldOfView, thresholds: QualityThresholds)
     channel_sum = float(totals.sum()) or 1.0
     n_inner = max(int(inner.sum()), 1)
     return {
-        "frame_share": float(inside.sum() / (height * width)),
+        "frame_share": share,
         "usable_share": float(usable.sum() / n_inner),
         "red_share": float(totals[0] / channel_sum),
         "blue_share": float(totals[2] / channel_sum),
@@ -213,7 +227,7 @@ def assess(image: Image.Image, *, fov_threshold: int = 20, thresholds: QualityTh
     try:
         quality = judge(measure(image, find_fov(image, threshold=fov_threshold), thresholds), thresholds)
     except ValueError as exc:
-        quality = Quality(False, (f"not a fundus photograph: {exc}",), {}, fundus=False)
+        quality = Quality(False, (f"not a fundus photograph: {exc}",), {}, fundus=False, fov_found=False)
     if quality.fundus or fov_threshold <= LOW_FOV_THRESHOLD:
         return quality
     # Not a fundus at the configured threshold: an underexposed one shows its disc at a lower one.
@@ -221,4 +235,7 @@ def assess(image: Image.Image, *, fov_threshold: int = 20, thresholds: QualityTh
         dim = judge(measure(image, find_fov(image, threshold=LOW_FOV_THRESHOLD), thresholds), thresholds)
     except ValueError:
         return quality
-    return dim if dim.fundus and dim.measures["dark_share"] > thresholds.max_dark_share else quality
+    if dim.fundus and dim.measures.get("dark_share", 0.0) > thresholds.max_dark_share:
+        # Its field of view is only found below the crop's threshold: the preprocessing cannot crop it either.
+        return Quality(False, dim.reasons, dim.measures, fundus=True, fov_found=quality.fov_found)
+    return quality
