@@ -83,6 +83,10 @@ def test_idrid_both_sets_each_image_its_own_patient(model_file: Path, tmp_path: 
     assert "each image is its own patient" in external["patients_formed"]
     assert metrics["n"] == 6 and sum(map(sum, metrics["confusion"])) == 6
     assert {"accuracy", "kappa", "macro_f1"} <= set(metrics["intervals"])
+    ece = metrics["calibration"]["ece"]
+    assert 0 <= ece["low"] <= ece["high"] <= 1 and 0 <= ece["value"] <= 1  # a percentile interval
+    assert sum(row["images"] for row in metrics["calibration"]["reliability"]) == 6
+    assert [row["kept"] for row in metrics["referral"]["curve"]] == [6, 5, 5, 4, 4, 3]
     predictions = pd.read_csv(out.with_suffix(".csv"))
     assert sorted(predictions["actual"]) == [0, 0, 1, 2, 3, 4]
     assert sorted(predictions["image"])[:2] == ["test/IDRiD_001", "test/IDRiD_002"]

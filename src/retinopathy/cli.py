@@ -83,8 +83,10 @@ SOURCE is the layout of the labelled set under --root (docs/real-data.md):
 A set with another grade scale is refused. Every photograph is cropped as the model's training set
 was, graded by the model's own decoding; the JSON has accuracy, QWK and macro-F1 with 95%
 patient-bootstrap intervals, the confusion matrix and per-grade recall, and referable DR (grade >= 2)
-AUC, sensitivity and specificity at P(referable) >= 0.5; the CSV (--predictions, default FILE.csv
-beside --out) one row per photograph. A label
+AUC, sensitivity and specificity at P(referable) >= 0.5; the expected calibration error (with its
+interval) and the reliability diagram's bins; the referral curve (the metrics of the images kept
+when the least confident 0-50% go to a grader); the CSV (--predictions, default FILE.csv beside
+--out) one row per photograph. A label
 problem (a grade outside 0..4, a missing image, a duplicate) is named with its file and row, and
 nothing is written; so is a photograph that cannot be cropped, unless --skip-bad-images.
 
@@ -248,6 +250,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"accuracy {metrics['accuracy']:.4f}, QWK {metrics['kappa']:.4f} [{kappa['low']:.3f}, {kappa['high']:.3f}], "
           f"macro-F1 {metrics['macro_f1']:.4f}"
           + (f", referable AUC {auc['value']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]" if auc else ""))
+    ece = metrics["calibration"]["ece"]
+    print(f"expected calibration error {ece['value']:.3f} [{ece['low']:.3f}, {ece['high']:.3f}]; referring the "
+          "least confident: " + ", ".join(f"{row['referred_fraction']:.0%} -> QWK {row['kappa']:.3f}"
+                                         for row in metrics["referral"]["curve"] if row["referred_fraction"] <= 0.2))
     print(f"wrote {out} and {predictions}")
     return EXIT_OK
 

@@ -254,13 +254,21 @@ def evaluate_external(
 
     The grades follow the model's own decoding; referable sensitivity and specificity are at P(referable) >= 0.5
     (the model file holds no threshold chosen on in-domain validation). Intervals: patient bootstrap for the grade
-    metrics and the AUC, :func:`retinopathy.statistics.proportion_interval` for sensitivity and specificity.
+    metrics, the AUC and the expected calibration error, :func:`retinopathy.statistics.proportion_interval` for
+    sensitivity and specificity. Also the reliability diagram's bins and the referral curve
+    (:mod:`retinopathy.calibration`).
 
     Raises:
         ValueError: a photograph without a field of view or unreadable (all named), unless ``skip_bad_images``.
     """
     import torch
 
+    from retinopathy.calibration import (
+        CALIBRATION_BINS,
+        expected_calibration_error,
+        referral_curve,
+        reliability_table,
+    )
     from retinopathy.evaluation import GRADE_METRICS
     from retinopathy.inference import grading_precision, load_model, model_decoder, outputs, photograph_input
     from retinopathy.metrics import referable, referable_score, roc_auc, summarize
@@ -308,6 +316,18 @@ def evaluate_external(
         "auc": patient_bootstrap(roc_auc, [y, s], patients, **boot).to_dict() if 0 < y.sum() < len(y) else None,
         "sensitivity": proportion_interval(called[y == 1], patients[y == 1]).to_dict() if y.any() else None,
         "specificity": proportion_interval(~called[y == 0], patients[y == 0]).to_dict() if (y == 0).any() else None,
+    }
+    ece = patient_bootstrap(lambda y_, p_, g_: expected_calibration_error(y_, p_, g_), [labels, probs, preds],
+                            patients, **boot)
+    metrics["calibration"] = {
+        "ece": ece.to_dict(), "bins": CALIBRATION_BINS,
+        "definition": "expected calibration error of the predicted grade's probability: images binned by it, "
+                      "the bins' share-weighted mean of |accuracy - mean probability|",
+        "reliability": reliability_table(labels, probs, preds),
+    }
+    metrics["referral"] = {
+        "confidence": "the probability of the predicted grade; the least confident images are referred",
+        "curve": referral_curve(labels, probs, preds),
     }
     metrics["external"] = {
         "source": data.source, "root": str(data.root), "images": int(len(graded)),
