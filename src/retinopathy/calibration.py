@@ -28,38 +28,36 @@ def confidence(probs: np.ndarray, preds: np.ndarray) -> np.ndarray:
     return probs[np.arange(len(preds)), preds]
 
 
-def _bins(conf: np.ndarray, bins: int) -> np.ndarray:
-    """Each image's bin of ``bins`` equal-width confidence bins over [0, 1] (1.0 falls in the last)."""
-    return np.minimum((conf * bins).astype(int), bins - 1)
+def _bin_stats(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, bins: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per non-empty bin of ``bins`` equal-width confidence bins over [0, 1] (bin ``floor(confidence x bins)``, 1.0
+    in the last): its index, images, mean confidence and accuracy."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    conf = confidence(probs, preds)
+    correct = (labels == preds).astype(float)
+    which = np.minimum((conf * bins).astype(int), bins - 1)
+    index, counts = np.unique(which, return_counts=True)
+    mean_conf = np.bincount(which, weights=conf, minlength=bins)[index] / counts
+    mean_correct = np.bincount(which, weights=correct, minlength=bins)[index] / counts
+    return index, counts, mean_conf, mean_correct
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, *,
                                bins: int = CALIBRATION_BINS) -> float:
     """ECE of the predicted grades' confidences: sum over bins of (share of images) x |accuracy - confidence|."""
-    labels, preds = np.asarray(labels), np.asarray(preds)
     if len(labels) == 0:
         return float("nan")
-    conf = confidence(probs, preds)
-    correct = (labels == preds).astype(float)
-    which = _bins(conf, bins)
-    total = 0.0
-    for b in np.unique(which):
-        inside = which == b
-        total += inside.mean() * abs(correct[inside].mean() - conf[inside].mean())
-    return float(total)
+    _, counts, mean_conf, mean_correct = _bin_stats(labels, probs, preds, bins)
+    return float((counts / counts.sum() * np.abs(mean_correct - mean_conf)).sum())
 
 
 def reliability_table(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, *,
                       bins: int = CALIBRATION_BINS) -> list[dict[str, float]]:
     """The reliability diagram's rows: per non-empty confidence bin (the bins of
     :func:`expected_calibration_error`), its range, images, mean confidence and accuracy."""
-    labels, preds = np.asarray(labels), np.asarray(preds)
-    conf = confidence(probs, preds)
-    correct = (labels == preds).astype(float)
-    which = _bins(conf, bins)
-    return [{"low": round(b / bins, 4), "high": round((b + 1) / bins, 4), "images": int((which == b).sum()),
-             "confidence": round(float(conf[which == b].mean()), 4),
-             "accuracy": round(float(correct[which == b].mean()), 4)} for b in np.unique(which)]
+    return [{"low": round(b / bins, 4), "high": round((b + 1) / bins, 4), "images": int(n),
+             "confidence": round(float(c), 4), "accuracy": round(float(a), 4)}
+            for b, n, c, a in zip(*_bin_stats(labels, probs, preds, bins))]
 
 
 def referral_curve(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, *,

@@ -29,7 +29,6 @@ on disk) is named with its file and row, all in one error, before anything is wr
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,19 +260,8 @@ def evaluate_external(
     Raises:
         ValueError: a photograph without a field of view or unreadable (all named), unless ``skip_bad_images``.
     """
-    import torch
-
-    from retinopathy.calibration import (
-        CALIBRATION_BINS,
-        expected_calibration_error,
-        referral_curve,
-        reliability_table,
-    )
-    from retinopathy.evaluation import GRADE_METRICS
-    from retinopathy.inference import grading_precision, load_model, model_decoder, outputs, photograph_input
-    from retinopathy.metrics import referable, referable_score, roc_auc, summarize
-    from retinopathy.preprocessing import image_failure
-    from retinopathy.statistics import patient_bootstrap, proportion_interval
+    from retinopathy.inference import grading_precision, load_model, model_decoder
+    from retinopathy.metrics import referable_score
     from retinopathy.utils import select_device, write_csv, write_json
 
     started = time.perf_counter()
@@ -281,54 +269,16 @@ def evaluate_external(
     model, meta = load_model(model_path, dev)
     decoder = model_decoder(meta)
     precision, _ = grading_precision(meta, dev, model_path=model_path)
-    frame = data.frame
-    kept, scores, failed = [], [], []
-    for start in range(0, len(frame), batch_size):
-        tensors = []
-        for i in range(start, min(start + batch_size, len(frame))):
-            try:
-                tensors.append(photograph_input(frame["path"].iat[i], meta)[0])
-                kept.append(i)
-            except Exception as exc:  # unreadable, no field of view: named below
-                failed.append(image_failure(Path(frame["path"].iat[i]), exc))
-        if tensors:
-            scores.append(outputs(model, torch.stack(tensors), dev, precision=precision, head=decoder.head).numpy())
-        print(f"\rscored {min(start + batch_size, len(frame))} of {len(frame)} photograph(s)", end="", file=sys.stderr)
-    print(file=sys.stderr)
+    kept, raw, failed = _score(model, meta, decoder.head, data.frame["path"], dev, precision, batch_size)
     if failed and not skip_bad_images:
         raise ExternalSetError(f"{len(failed)} photograph(s) under {data.root} could not be cropped (nothing was "
                                "written; --skip-bad-images leaves them out):\n  " + "\n  ".join(failed))
     if not kept:
         raise ExternalSetError(f"no photograph under {data.root} could be scored (nothing was written)")
-    graded = frame.iloc[kept].reset_index(drop=True)
-    raw = np.concatenate(scores) if scores else np.zeros((0, 5))
+    graded = data.frame.iloc[kept].reset_index(drop=True)
     probs, preds = decoder.probabilities(raw), decoder.grades(raw)
     labels, patients = graded["level"].to_numpy(), graded["patient"].to_numpy()
-    boot = dict(n_resamples=resamples, confidence=0.95, seed=0)
-    metrics: dict[str, Any] = summarize(labels, preds)
-    metrics["intervals"] = {name: patient_bootstrap(fn, [labels, preds], patients, **boot).to_dict()
-                            for name, fn in GRADE_METRICS.items()}
-    y, s = referable(labels), referable_score(probs)
-    called = s >= 0.5
-    metrics["referable"] = {
-        "definition": "grade >= 2, scored by P(grade >= 2) = p2 + p3 + p4; called referable at >= 0.5",
-        "positives": int(y.sum()), "negatives": int((1 - y).sum()),
-        "auc": patient_bootstrap(roc_auc, [y, s], patients, **boot).to_dict() if 0 < y.sum() < len(y) else None,
-        "sensitivity": proportion_interval(called[y == 1], patients[y == 1]).to_dict() if y.any() else None,
-        "specificity": proportion_interval(~called[y == 0], patients[y == 0]).to_dict() if (y == 0).any() else None,
-    }
-    ece = patient_bootstrap(lambda y_, p_, g_: expected_calibration_error(y_, p_, g_), [labels, probs, preds],
-                            patients, **boot)
-    metrics["calibration"] = {
-        "ece": ece.to_dict(), "bins": CALIBRATION_BINS,
-        "definition": "expected calibration error of the predicted grade's probability: images binned by it, "
-                      "the bins' share-weighted mean of |accuracy - mean probability|",
-        "reliability": reliability_table(labels, probs, preds),
-    }
-    metrics["referral"] = {
-        "confidence": "the probability of the predicted grade; the least confident images are referred",
-        "curve": referral_curve(labels, probs, preds),
-    }
+    metrics = _metrics(labels, preds, probs, patients, resamples)
     metrics["external"] = {
         "source": data.source, "root": str(data.root), "images": int(len(graded)),
         "patients": int(len(set(patients))), "patients_formed": data.patients, "left_out": {
@@ -338,7 +288,74 @@ def evaluate_external(
     table = pd.DataFrame({"image": graded["image"], "patient": patients, "actual": labels, "predicted": preds})
     for grade in range(probs.shape[1]):
         table[f"p{grade}"] = probs[:, grade].round(5)
-    table["p_referable"] = s.round(5)
+    table["p_referable"] = referable_score(probs).round(5)
     write_csv(predictions, table)
     write_json(out, metrics)
+    return metrics
+
+
+def _score(model: Any, meta: dict[str, Any], head: str, paths: pd.Series, device: Any, precision: str,
+           batch_size: int) -> tuple[list[int], np.ndarray, list[str]]:
+    """The head's outputs of every photograph that can be cropped as the model's training set was, ``batch_size``
+    at a time with a progress bar: their row positions, the outputs, and why each of the others failed."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from retinopathy.inference import outputs, photograph_input
+    from retinopathy.preprocessing import image_failure
+
+    kept, scores, failed = [], [], []
+    with tqdm(total=len(paths), desc="score", unit="img", dynamic_ncols=True) as bar:
+        for start in range(0, len(paths), batch_size):
+            tensors = []
+            for i in range(start, min(start + batch_size, len(paths))):
+                try:
+                    tensors.append(photograph_input(paths.iat[i], meta)[0])
+                    kept.append(i)
+                except Exception as exc:  # unreadable, no field of view: named by the caller
+                    failed.append(image_failure(Path(paths.iat[i]), exc))
+            if tensors:
+                scores.append(outputs(model, torch.stack(tensors), device, precision=precision, head=head).numpy())
+            bar.update(min(batch_size, len(paths) - start))
+    return kept, (np.concatenate(scores) if scores else np.zeros((0, 5))), failed
+
+
+def _metrics(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, patients: np.ndarray,
+             resamples: int) -> dict[str, Any]:
+    """The grade metrics with patient-bootstrap intervals, referable screening at P(referable) >= 0.5, calibration
+    and the referral curve."""
+    from retinopathy.calibration import (
+        CALIBRATION_BINS,
+        expected_calibration_error,
+        referral_curve,
+        reliability_table,
+    )
+    from retinopathy.evaluation import GRADE_METRICS
+    from retinopathy.metrics import referable, referable_score, roc_auc, summarize
+    from retinopathy.statistics import patient_bootstrap, proportion_interval
+
+    boot = dict(n_resamples=resamples, confidence=0.95, seed=0)
+    metrics: dict[str, Any] = summarize(labels, preds)
+    metrics["intervals"] = {name: patient_bootstrap(fn, [labels, preds], patients, **boot).to_dict()
+                            for name, fn in GRADE_METRICS.items()}
+    y, score = referable(labels), referable_score(probs)
+    called = score >= 0.5
+    metrics["referable"] = {
+        "definition": "grade >= 2, scored by P(grade >= 2) = p2 + p3 + p4; called referable at >= 0.5",
+        "positives": int(y.sum()), "negatives": int((1 - y).sum()),
+        "auc": patient_bootstrap(roc_auc, [y, score], patients, **boot).to_dict() if 0 < y.sum() < len(y) else None,
+        "sensitivity": proportion_interval(called[y == 1], patients[y == 1]).to_dict() if y.any() else None,
+        "specificity": proportion_interval(~called[y == 0], patients[y == 0]).to_dict() if (y == 0).any() else None,
+    }
+    metrics["calibration"] = {
+        "ece": patient_bootstrap(expected_calibration_error, [labels, probs, preds], patients, **boot).to_dict(),
+        "bins": CALIBRATION_BINS,
+        "definition": "expected calibration error of the predicted grade's probability: images binned by it, "
+                      "the bins' share-weighted mean of |accuracy - mean probability|",
+        "reliability": reliability_table(labels, probs, preds),
+    }
+    metrics["referral"] = {
+        "confidence": "the probability of the predicted grade; the least confident images are referred",
+        "curve": referral_curve(labels, probs, preds),
+    }
     return metrics

@@ -330,26 +330,29 @@ def _grade_batches(
         bar.write(f"ungradable {path}: {quality.reason_text()}", file=sys.stderr)
 
     for start in range(0, len(paths), batch_size):
-        batch, refused = _read_batch(paths[start : start + batch_size], meta, fail, gate, refuse)
+        reads = _read_batch(paths[start : start + batch_size], meta, fail, gate, refuse)
         bar.update(min(batch_size, len(paths) - start))
-        rows += [_ungradable_row(path, quality, len(meta["grade_names"])) for path, quality in refused]
-        if not batch:
-            continue
-        images = torch.stack([tensor for _, tensor, _ in batch])
-        batch_outputs = outputs(model, images, device, precision=precision, head=decoder.head).numpy()
-        # The model's own decoding: argmax, or the cut-points tuned on its validation set.
-        probs, grades = decoder.probabilities(batch_outputs), decoder.grades(batch_outputs)
-        kept = [True] * len(batch)
-        if heat_targets is not None:
-            # A regression head has one output: its map shows what raises the predicted grade.
-            cams = grad_cams(model, images, grades if decoder.head == "classification" else [0] * len(batch), device)
-            kept = _write_heatmaps(batch, cams, heat_targets, fail)
-            written += [heat_targets[path] for (path, _, _), keep in zip(batch, kept) if keep]
-        rows += [_row(path, p, grade, gate.verdicts[path])
-                 for (path, _, _), p, grade, keep in zip(batch, probs, grades, kept) if keep]
+        batch = [read for read in reads if read.tensor is not None]
+        graded: dict[Path, dict[str, Any]] = {}
+        if batch:
+            images = torch.stack([read.tensor for read in batch])
+            batch_outputs = outputs(model, images, device, precision=precision, head=decoder.head).numpy()
+            # The model's own decoding: argmax, or the cut-points tuned on its validation set.
+            probs, grades = decoder.probabilities(batch_outputs), decoder.grades(batch_outputs)
+            kept = [True] * len(batch)
+            if heat_targets is not None:
+                # A regression head has one output: its map shows what raises the predicted grade.
+                classes = grades if decoder.head == "classification" else [0] * len(batch)
+                kept = _write_heatmaps(batch, grad_cams(model, images, classes, device), heat_targets, fail)
+                written += [heat_targets[read.path] for read, keep in zip(batch, kept) if keep]
+            graded = {read.path: _row(read.path, p, grade, read.quality)
+                      for read, p, grade, keep in zip(batch, probs, grades, kept) if keep}
+        # In input order: a refused photograph's row has no grade; one whose heatmap failed has no row.
+        rows += [graded[read.path] if read.tensor is not None else
+                 _ungradable_row(read.path, read.quality, len(meta["grade_names"]))
+                 for read in reads if read.tensor is None or read.path in graded]
     bar.close()
-    order = {path: i for i, path in enumerate(paths)}
-    return sorted(rows, key=lambda row: order[Path(row["image"])]), written
+    return rows, written
 
 
 def _grading_frame(rows: list[dict[str, Any]], grades: int) -> pd.DataFrame:
@@ -363,14 +366,13 @@ def _grading_frame(rows: list[dict[str, Any]], grades: int) -> pd.DataFrame:
     return frame
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Gate:
-    """The gradability gate of one grading run: its settings, and the verdict on each photograph read."""
+    """The gradability gate of one grading run."""
 
     fov_threshold: int
     thresholds: QualityThresholds
     enforce: bool = True
-    verdicts: dict[Path, Quality] = field(default_factory=dict)
 
     def judge(self, path: Path) -> Quality:
         """The verdict on the photograph at ``path``, decoded at the gate's scale (a JPEG at reduced scale).
@@ -379,8 +381,7 @@ class _Gate:
             FileNotFoundError, ValueError: the photograph cannot be read (:func:`retinopathy.images.open_rgb`).
         """
         image, _ = open_rgb(path, draft_side=2 * ANALYSIS_DIAMETER)
-        self.verdicts[path] = assess(image, fov_threshold=self.fov_threshold, thresholds=self.thresholds)
-        return self.verdicts[path]
+        return assess(image, fov_threshold=self.fov_threshold, thresholds=self.thresholds)
 
     def refuses(self, quality: Quality) -> bool:
         """Whether ``quality`` keeps a photograph from being graded: any failure when enforced; without a field of
@@ -388,44 +389,52 @@ class _Gate:
         return not quality.gradable and (self.enforce or not quality.fov_found)
 
 
+@dataclass(frozen=True)
+class _Read:
+    """One photograph read: the gate's verdict, and the network's input and its crop unless it is not graded."""
+
+    path: Path
+    quality: Quality
+    tensor: torch.Tensor | None = None
+    cropped: Cropped | None = None
+
+
 def _read_batch(
     paths: Sequence[Path], meta: dict[str, Any], fail: Callable[[Path, str], None], gate: _Gate,
     refuse: Callable[[Path, Quality], None],
-) -> tuple[list[tuple[Path, torch.Tensor, Cropped]], list[tuple[Path, Quality]]]:
-    """The network's input of each photograph that can be read, cropped and passes ``gate``, and the photographs the
-    gate refused; ``fail`` is told about each one that cannot be read, ``refuse`` about each one refused."""
-    batch, refused = [], []
+) -> list[_Read]:
+    """Each photograph that can be read, in order, with its verdict and (unless ``gate`` refuses it, or it cannot be
+    cropped after the gate called it ungradable) its input; ``fail`` is told about each one that cannot be read,
+    ``refuse`` about each one not graded."""
+    reads = []
     for path in paths:
         try:
             quality = gate.judge(path)
-            if gate.refuses(quality):
-                refuse(path, quality)
-                refused.append((path, quality))
-                continue
         except Exception as exc:  # missing, corrupt, too large, or anything else one file can cause
             fail(path, image_failure(path, exc))
             continue
-        try:
-            tensor, cropped = photograph_input(path, meta)
-        except Exception as exc:
-            if not quality.gradable:  # without the gate: a photograph it refused that cannot be cropped either
-                refuse(path, quality)
-                refused.append((path, quality))
-            else:
-                fail(path, image_failure(path, exc))
-            continue
-        batch.append((path, tensor, cropped))
-    return batch, refused
+        if not gate.refuses(quality):
+            try:
+                reads.append(_Read(path, quality, *photograph_input(path, meta)))
+                continue
+            except Exception as exc:
+                if quality.gradable:
+                    fail(path, image_failure(path, exc))
+                    continue
+                # Without the gate: a photograph it called ungradable that cannot be cropped either is refused.
+        refuse(path, quality)
+        reads.append(_Read(path, quality))
+    return reads
 
 
 def _write_heatmaps(
-    batch: Sequence[tuple[Path, torch.Tensor, Cropped]], cams: np.ndarray, targets: dict[Path, Path],
-    fail: Callable[[Path, str], None],
+    batch: Sequence[_Read], cams: np.ndarray, targets: dict[Path, Path], fail: Callable[[Path, str], None],
 ) -> list[bool]:
     """Write each photograph's heatmap to ``targets[path]``; whether each was written (``fail`` is told about the
     others)."""
     written = []
-    for (path, _, cropped), cam in zip(batch, cams):
+    for read, cam in zip(batch, cams):
+        path, cropped = read.path, read.cropped
         try:
             with atomic_path(targets[path]) as tmp:
                 heatmap_overlay(path, cropped, cam).save(tmp, format="PNG")

@@ -23,7 +23,7 @@ fails the colour check although a grader could read it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -95,9 +95,6 @@ class Quality:
     def reason_text(self) -> str:
         """The reasons as one line (empty when gradable)."""
         return "; ".join(self.reasons)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _analysis_frame(image: Image.Image, fov: FieldOfView) -> tuple[np.ndarray, FieldOfView]:
