@@ -21,7 +21,7 @@ def main() -> None:
     params = load_params(args.params)
     settings = load_settings(CompareSettings, params)
     seeds = get(params, "seeds", list)
-    result = compare(load_runs(seeds), settings)
+    result = compare(load_runs(seeds, external_dir="metrics/external"), settings)
     write_json("metrics/compare.json", result)
     write_json("metrics/summary.json", headline(result["variants"]))
     forest(forest_rows(result), "metrics/forest.png",

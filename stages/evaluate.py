@@ -1,5 +1,5 @@
 """Stage evaluate@<arch>-<pretrained>-<seed>: test metrics with patient-bootstrap intervals, referable-DR screening,
-predictions."""
+calibration, the referral curve and predictions, for the in-domain test set and the external site."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 
 from retinopathy.evaluation import evaluate_variant
 from retinopathy.params import load_params, load_settings
-from retinopathy.settings import EvalSettings, TrainConfig
+from retinopathy.settings import EvalSettings, ExternalSettings, TrainConfig
 
 # The top-level keys this stage reads (as its dvc.yaml entry declares).
 TOP_LEVEL = ["head", "class_weighting", "device", "num_workers", "precision"]
@@ -22,6 +22,8 @@ def main() -> None:
     parser.add_argument("--metrics", default="metrics/eval", help="folder the evaluation <variant>.json goes to")
     parser.add_argument("--predictions", default="metrics/predictions",
                         help="folder the predictions <variant>.csv go to")
+    parser.add_argument("--external-predictions", default="metrics/external",
+                        help="folder the external site's predictions <variant>.csv go to")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -38,6 +40,8 @@ def main() -> None:
         precision=run.precision,
         head=run.head,
         class_weighting=run.class_weighting,
+        external=load_settings(ExternalSettings, params),
+        external_predictions_out=f"{args.external_predictions}/{args.variant}.csv",
     )
 
 

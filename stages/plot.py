@@ -1,5 +1,5 @@
-"""Stage plot: confusion matrices, accuracy curves, ROC curves and a summary chart of the four variants over their
-seeds."""
+"""Stage plot: confusion matrices, accuracy curves, ROC curves, reliability diagrams, referral curves and a summary
+chart of the four variants over their seeds."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def main() -> None:
         eval_dir="metrics/eval",
         predictions_dir="metrics/predictions",
         live_dir="metrics/live",
+        external_dir="metrics/external",
         out_dir=args.out,
         plots_dir=args.plots,
         dpi=load_settings(PlotSettings, params).dpi,

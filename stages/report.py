@@ -34,6 +34,7 @@ def main() -> None:
         train_dir="metrics/train",
         preprocess=json.loads(Path("metrics/preprocess_report.json").read_text()),
         setup={key: get(params, key, (object, bool)) for key in SETUP},
+        gate=json.loads(Path("metrics/quality_gate.json").read_text()),
     )
     print(f"wrote {args.out} ({len(text.splitlines())} lines)")
 

@@ -34,13 +34,16 @@ ROOT = Path(__file__).resolve().parents[1]
 # The train/evaluate keys of the tiny repository (seeds [42]), and the stages that read every variant.
 VARIANTS = ["resnet18-true-42", "resnet18-false-42", "resnet50-true-42", "resnet50-false-42"]
 AGGREGATES = {"compare", "plot", "report"}
+# Stages upstream of every evaluation: none may read the external site.
+UPSTREAM = {"synthesize", "preprocess", "pretrain@resnet18", "pretrain@resnet50"} | {f"train@{v}" for v in VARIANTS}
 
 
 def tiny_params() -> dict:
     """The project's params.yaml shrunk so that a whole `dvc repro` takes a few minutes on 2 cores."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params.update(epochs=1, batch_size=8)
-    params["synthetic"].update(train_patients=12, test_patients=5, unlabeled_patients=3, min_size=48, max_size=64)
+    params["synthetic"].update(train_patients=12, test_patients=5, unlabeled_patients=3, external_patients=4,
+                               quality_images=12, min_size=48, max_size=64)
     params["data"]["val_fraction"] = 0.25
     params["preprocess"].update(size=32, workers=1)
     params["pretrain"].update(epochs=1, batch_size=8)

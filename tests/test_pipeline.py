@@ -9,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
-from dvc_repo import AGGREGATES, VARIANTS, reproduced_repo, run, stages_run
+from dvc_repo import AGGREGATES, UPSTREAM, VARIANTS, reproduced_repo, run, stages_run
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path) -> None:
     ran = stages_run((repo / "first.log").read_text())
-    expected = {"synthesize", "preprocess", "pretrain@resnet18", "pretrain@resnet50"} | AGGREGATES
+    expected = {"synthesize", "preprocess", "pretrain@resnet18", "pretrain@resnet50", "quality_gate"} | AGGREGATES
     expected |= {f"{stage}@{v}" for stage in ("train", "evaluate") for v in VARIANTS}
     assert ran == expected
     for variant in VARIANTS:
@@ -42,18 +43,35 @@ def test_repro_runs_every_stage_and_writes_models_metrics_and_figures(repo: Path
         assert "applied" in metrics["grading"]["refit"]  # the train stage's record of the classifier refit
         # The evaluation scores the configured grading only; the ablation is the grading study's.
         assert "components" not in metrics and metrics["seconds"] > 0
+        assert 0.0 <= metrics["calibration"]["ece"]["value"] <= 1.0 and metrics["referral"]["curve"][0]["kept"] == 10
+        # The external site: 4 patients, 8 photographs, scored at the thresholds chosen on in-domain validation.
+        external = metrics["external"]
+        assert external["n"] == external["site"]["images"] == 8 and external["site"]["patients"] == 4
+        assert set(external["referable"]["operating_points"]) == {"high_sensitivity", "high_specificity"}
+        for name, point in external["referable"]["operating_points"].items():
+            assert point["threshold"] == metrics["referable"]["operating_points"][name]["threshold"]
+        assert len(pd.read_csv(repo / "metrics" / "external" / f"{variant}.csv")) == 8
         summary = json.loads((repo / "metrics" / "train" / f"{variant}.json").read_text())
         assert summary["seconds"] >= summary["train_seconds"] > 0
     figures = sorted(p.name for p in (repo / "metrics" / "figures").glob("*.png"))
-    assert figures == ["accuracy_resnet18.png", "accuracy_resnet50.png", "confusion_resnet18.png",
-                       "confusion_resnet50.png", "roc_referable.png", "roc_sight_threatening.png", "summary.png"]
+    assert figures == ["accuracy_resnet18.png", "accuracy_resnet50.png", "calibration.png", "confusion_resnet18.png",
+                       "confusion_resnet50.png", "referral.png", "roc_referable.png", "roc_sight_threatening.png",
+                       "summary.png"]
     compared = json.loads((repo / "metrics" / "compare.json").read_text())
     assert len(compared["comparisons"]) == 4 * 4  # 4 questions x 4 metrics
     assert all(c["low"] <= c["high"] and c["verdict"] for c in compared["comparisons"])
     assert set(json.loads((repo / "metrics" / "summary.json").read_text())) == {
         "r18_pre", "r18_scr", "r50_pre", "r50_scr",
     }
+    assert set(compared["external"]["variants"]) == {v.rsplit("-", 1)[0] for v in VARIANTS}
+    for rows in compared["external"]["variants"].values():
+        assert set(rows) == {"kappa", "accuracy", "referable_auc"}
+        assert all(r["low"] <= r["difference"] <= r["high"] or r["method"] for r in rows.values())
+    gate = json.loads((repo / "metrics" / "quality_gate.json").read_text())
+    assert gate["images"] == 12 and gate["sensitivity"]["images"] == gate["specificity"]["images"] == 6
     report = (repo / "metrics" / "report.md").read_text()
+    for section in ("## External validation", "## Calibration and referral", "## Gradability gate"):
+        assert section in report
     assert "## Paired differences" in report and "Does pretraining help ResNet18?" in report
     assert "## Stage times" in report
     assert "Classifier refit (last layer refitted" in report
@@ -108,3 +126,25 @@ def test_train_stage_gives_identical_weights_in_a_second_working_copy(repo: Path
     logs = [sorted((root / "metrics" / "live" / "resnet18-false-42").rglob("*")) for root in (repo, copy)]
     assert [p.relative_to(repo) for p in logs[0]] == [p.relative_to(copy) for p in logs[1]] and len(logs[0]) > 8
     assert all(a.read_bytes() == b.read_bytes() for a, b in zip(*logs) if a.is_file())
+
+
+def test_the_external_site_reaches_no_stage_upstream_of_evaluate(repo: Path, tmp_path: Path) -> None:
+    """Shuffling the external site's labels changes what evaluate reports of the site and nothing upstream: no
+    stage that trains, selects or fits reads it, and the in-domain results stay as they were."""
+    work = tmp_path / "repo"
+    shutil.copytree(repo, work, symlinks=True)
+    before = {v: json.loads((work / "metrics" / "eval" / f"{v}.json").read_text()) for v in VARIANTS}
+    labels_csv = work / "data" / "external" / "trainLabels.csv"
+    labels = pd.read_csv(labels_csv)
+    labels["level"] = (labels["level"] + 1) % 5  # every grade changed
+    labels.to_csv(labels_csv, index=False)
+    status = run(["dvc", "status", "--json"], work)
+    stale = json.loads(status[status.index("{"):])
+    assert not set(stale) & (UPSTREAM - {"synthesize"}), stale
+    ran = stages_run(run(["dvc", "repro", "-s", *[f"evaluate@{v}" for v in VARIANTS]], work))
+    assert ran == {f"evaluate@{v}" for v in VARIANTS}
+    for variant, old in before.items():
+        new = json.loads((work / "metrics" / "eval" / f"{variant}.json").read_text())
+        for key in ("accuracy", "kappa", "macro_f1", "confusion", "referable", "calibration"):
+            assert new[key] == old[key], key
+        assert new["external"]["confusion"] != old["external"]["confusion"]

@@ -456,3 +456,45 @@ def test_screening_sensitivity_of_one_keeps_a_lower_bound_below_one() -> None:
     # 0.025 ** (1 / n)), no looser than one trial per two positive eyes.
     low = point["test_sensitivity"]["low"]
     assert 0.025 ** (2 / positives) <= low <= 0.025 ** (1 / point["test_sensitivity"]["patients"]) < 1.0
+
+
+# --- One model on two sets of patients: in-domain minus external ---
+
+
+def test_site_difference_with_several_seeds_is_the_paired_t_interval_when_patients_add_no_variance() -> None:
+    from retinopathy.statistics import site_difference
+
+    here, there = [0.80, 0.86, 0.78, 0.90], [0.70, 0.77, 0.69, 0.80]
+    out = site_difference(seed_score, (np.zeros(20), constant_outputs(here), two_eyes(10)),
+                          (np.zeros(16), constant_outputs(there, 16), two_eyes(8)), n_resamples=50)
+    reference = stats.ttest_rel(here, there).confidence_interval(0.95)
+    assert out["difference"] == pytest.approx(np.mean(here) - np.mean(there))
+    assert (out["low"], out["high"]) == pytest.approx((reference.low, reference.high)) and out["df"] == 3
+    assert out["verdict"].startswith("in-domain better than external")
+
+
+def test_site_difference_with_one_seed_covers_a_true_difference_of_zero() -> None:
+    """Two independent sets whose patients are correct with the same probability (both eyes alike): the 95%
+    interval of the accuracy difference should cover 0 in about 95% of simulated studies."""
+    from retinopathy.metrics import accuracy
+    from retinopathy.statistics import site_difference
+
+    rng = np.random.default_rng(3)
+    covered = []
+    for _ in range(150):
+        sets = []
+        for n in (60, 40):  # patients, two eyes each
+            patient_good = rng.random(n) < 0.8
+            correct = np.where(rng.random(2 * n) < 0.7, np.repeat(patient_good, 2), rng.random(2 * n) < 0.8)
+            sets.append((np.zeros(2 * n, int), [np.where(correct, 0, 1)], two_eyes(n)))
+        out = site_difference(accuracy, *sets, n_resamples=150, seed=int(rng.integers(1 << 30)))
+        covered.append(out["low"] <= 0 <= out["high"])
+    assert 0.88 <= np.mean(covered) <= 0.995
+
+
+def test_site_difference_refuses_sets_scored_by_other_networks() -> None:
+    from retinopathy.statistics import site_difference
+
+    with pytest.raises(ValueError, match="same networks"):
+        site_difference(seed_score, (np.zeros(4), constant_outputs([0.1, 0.2], 4), two_eyes(2)),
+                        (np.zeros(4), constant_outputs([0.1], 4), two_eyes(2)))

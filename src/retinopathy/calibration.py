@@ -82,3 +82,28 @@ def referral_curve(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, *,
             "referable_specificity": round(float((~called[y == 0]).mean()), 4) if (y == 0).any() else None,
         })
     return rows
+
+
+def calibration_record(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, patients: np.ndarray,
+                       **boot: Any) -> dict[str, Any]:
+    """The metrics JSON's ``calibration``: the ECE with a patient-bootstrap interval (``boot``: the keyword
+    arguments of :func:`retinopathy.statistics.patient_bootstrap`) and the reliability diagram's bins."""
+    from retinopathy.statistics import patient_bootstrap
+
+    return {
+        "ece": patient_bootstrap(expected_calibration_error, [labels, probs, preds], patients, **boot).to_dict(),
+        "bins": CALIBRATION_BINS,
+        "definition": "expected calibration error of the predicted grade's probability: images binned by it, "
+                      "the bins' share-weighted mean of |accuracy - mean probability|",
+        "reliability": reliability_table(labels, probs, preds),
+    }
+
+
+def referral_record(labels: np.ndarray, probs: np.ndarray, preds: np.ndarray, *, threshold: float = 0.5
+                    ) -> dict[str, Any]:
+    """The metrics JSON's ``referral``: the referral curve, referable called at P(referable) >= ``threshold``."""
+    return {
+        "confidence": "the probability of the predicted grade; the least confident images are referred",
+        "referable_threshold": round(float(threshold), 6),
+        "curve": referral_curve(labels, probs, preds, threshold=threshold),
+    }

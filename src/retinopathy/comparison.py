@@ -1,7 +1,8 @@
 """Stage compare: the study's two questions as paired differences on the same test patients.
 
 Does pretraining help (for each architecture, pretrained minus from scratch)? Which network is
-better (for each pretraining setting, ResNet50 minus ResNet18)? Each difference comes with a 95%
+better (for each pretraining setting, ResNet50 minus ResNet18)? And, where the evaluations scored an external
+site, how much each variant loses there (in-domain minus external, :func:`site_shift`). Each difference comes with a 95%
 interval (:func:`retinopathy.statistics.paired_difference`): with one seed per variant, a patient
 bootstrap; with several, the spread between training seeds added to the patient-bootstrap variance,
 on a Student t quantile with Welch-Satterthwaite degrees of freedom, so that few seeds give the wide
@@ -17,7 +18,7 @@ import numpy as np
 from retinopathy.metrics import accuracy, macro_f1, quadratic_weighted_kappa, referable, roc_auc
 from retinopathy.results import ARCH_LABELS, ARCHS, LABELS, PRETRAINED, Run, describe, variant_name
 from retinopathy.settings import CompareSettings
-from retinopathy.statistics import paired_difference
+from retinopathy.statistics import paired_difference, site_difference
 
 # name -> (metric, reads the predicted grade (True) or P(referable) (False))
 METRICS: dict[str, tuple[Callable[..., float], bool]] = {
@@ -35,11 +36,7 @@ SHORT_METRICS = {"accuracy": "acc", "kappa": "qwk", "macro_f1": "f1", "referable
 
 def _inputs(runs: list[Run], by_grade: bool) -> tuple[np.ndarray, list[np.ndarray]]:
     """The test labels (grades, or referable yes/no) and, per seed, the model's outputs aligned with them."""
-    first = runs[0].predictions
-    y = first["actual"].to_numpy()
-    if by_grade:
-        return y, [run.predictions["predicted"].to_numpy() for run in runs]
-    return referable(y), [run.predictions["p_referable"].to_numpy() for run in runs]
+    return _inputs_of([run.predictions for run in runs], by_grade)
 
 
 def _reported(run: Run, name: str) -> float:
@@ -93,10 +90,52 @@ def compare(runs: dict[str, list[Run]], settings: CompareSettings, archs: tuple[
     return {
         "variants": per_variant(runs),
         "comparisons": comparisons,
+        "external": site_shift(runs, settings),
         "settings": {"resamples": settings.bootstrap_resamples, "confidence": settings.confidence,
                      "seed": settings.bootstrap_seed, "test_images": int(len(patients)),
                      "test_patients": int(len(set(patients)))},
     }
+
+
+SITE_METRICS = ("kappa", "accuracy", "referable_auc")
+
+
+def site_shift(runs: dict[str, list[Run]], settings: CompareSettings) -> dict[str, Any] | None:
+    """Per variant and metric, the in-domain test score minus the external site's, with an interval over both sets'
+    patients (and seeds; :func:`retinopathy.statistics.site_difference`); None when no run scored a site.
+
+    Raises:
+        ValueError: some runs of a variant scored the site and others did not, or they scored other images.
+    """
+    scored = [run.external is not None for variant_runs in runs.values() for run in variant_runs]
+    if not any(scored):
+        return None
+    if not all(scored):
+        raise ValueError("some evaluations scored the external site and others did not: rerun evaluate")
+    out: dict[str, Any] = {}
+    for variant, variant_runs in runs.items():
+        images = variant_runs[0].external["image"].tolist()
+        if any(run.external["image"].tolist() != images for run in variant_runs):
+            raise ValueError(f"{variant}: the seeds' external predictions cover other images: rerun evaluate")
+        rows = {}
+        for name in SITE_METRICS:
+            metric, by_grade = METRICS[name]
+            sets = [(*_inputs_of(frames, by_grade), frames[0]["patient"].astype(str).to_numpy())
+                    for frames in ([run.predictions for run in variant_runs], [run.external for run in variant_runs])]
+            rows[name] = site_difference(metric, *sets, n_resamples=settings.bootstrap_resamples,
+                                         confidence=settings.confidence, seed=settings.bootstrap_seed,
+                                         names=("in-domain", "external"))
+        out[variant] = rows
+    site = runs[next(iter(runs))][0].metrics["external"]["site"]
+    return {"site": {k: site[k] for k in ("source", "root", "images", "patients")}, "variants": out}
+
+
+def _inputs_of(frames: list[Any], by_grade: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The labels (grades, or referable yes/no) and per seed the outputs, of predictions tables of one set."""
+    y = frames[0]["actual"].to_numpy()
+    if by_grade:
+        return y, [frame["predicted"].to_numpy() for frame in frames]
+    return referable(y), [frame["p_referable"].to_numpy() for frame in frames]
 
 
 def forest_rows(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -20,8 +20,16 @@ import numpy as np
 import pandas as pd
 
 from retinopathy import GRADES
+from retinopathy.calibration import calibration_record, referral_record
 from retinopathy.data import build_transform, class_weights, make_loader, patient_of, processed_dataset
 from retinopathy.decoding import Decoder, PatientBlend
+from retinopathy.external import (
+    ExternalSetError,
+    predictions_table,
+    read_external,
+    score_photographs,
+    site_metrics,
+)
 from retinopathy.inference import load_model, model_decoder, predict
 from retinopathy.metrics import (
     accuracy,
@@ -35,7 +43,7 @@ from retinopathy.metrics import (
     summarize,
 )
 from retinopathy.precision import hardware, resolve_precision
-from retinopathy.settings import TTA, EvalSettings
+from retinopathy.settings import TTA, EvalSettings, ExternalSettings
 from retinopathy.statistics import patient_bootstrap
 from retinopathy.utils import select_device, write_csv, write_json
 
@@ -197,6 +205,8 @@ def evaluate_variant(
     precision: str = "auto",
     head: str | None = None,
     class_weighting: str = "sqrt_inverse",
+    external: ExternalSettings = ExternalSettings(source="none"),
+    external_predictions_out: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Predict validation and test images with a trained model (and the training images when the blend needs
     them); write test metrics (with intervals) and test predictions.
@@ -206,7 +216,8 @@ def evaluate_variant(
     thresholds; the two-eye blend is fitted on the training images' outputs, weighted per grade by
     ``class_weighting`` as training was; test predictions are never used to fit anything. When the
     blend cannot be fitted (a training set missing a grade) each eye is graded alone and the
-    evaluation JSON says why.
+    evaluation JSON says why. Unless ``external.source`` is ``none``, the external site is scored too
+    (:func:`score_external_site`), its predictions written to ``external_predictions_out``.
 
     Raises:
         ValueError: ``head`` (the params' head) differs from the head the model was trained with, naming
@@ -232,6 +243,10 @@ def evaluate_variant(
     grading = _grading_record(decoder, settings, fitted, test, meta)
     metrics = _test_metrics(val, val_probs, test, preds, probs, settings, grading=grading)
     metrics.update(precision=resolved, hardware=hardware(dev))
+    if external.source != "none":
+        metrics["external"], site = score_external_site(model, meta, decoder, external, metrics["referable"],
+                                                        settings, dev, resolved)
+        write_csv(external_predictions_out, site)
     write_csv(predictions_out, _predictions_frame(test, preds, probs))
     metrics["seconds"] = round(time.perf_counter() - started, 1)  # the stage's wall time, model loading included
     write_json(metrics_out, metrics)
@@ -280,20 +295,52 @@ def _test_metrics(
     metrics["grading"] = grading
     metrics["referable"] = screening(val.labels, val_probs, labels, probs, patients, settings, from_grade=2)
     metrics["sight_threatening"] = screening(val.labels, val_probs, labels, probs, patients, settings, from_grade=3)
+    metrics["calibration"] = calibration_record(labels, probs, preds, patients, **boot)
+    metrics["referral"] = referral_record(labels, probs, preds)
     metrics["bootstrap"] = {"unit": "patient", "patients": int(len(set(patients))),
                             "resamples": settings.bootstrap_resamples, "confidence": settings.confidence,
                             "seed": settings.bootstrap_seed}
     return metrics
 
 
+def score_external_site(
+    model: Any, meta: dict[str, Any], decoder: Decoder, external: ExternalSettings, referable: dict[str, Any],
+    settings: EvalSettings, device: Any, precision: str,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The external site's metrics (:func:`retinopathy.external.site_metrics`) and predictions.
+
+    Its photographs are cropped as the model's training set was and graded by the model's own decoding, each eye
+    alone and without TTA; the referable operating points are the thresholds chosen on in-domain validation
+    (``referable``: the test metrics' screening record), applied unchanged. Nothing is fitted on the site.
+
+    Raises:
+        ValueError: a photograph of the site could not be cropped (all named), or its label table is bad.
+    """
+    started = time.perf_counter()
+    data = read_external(external.source, external.root)
+    kept, raw, failed = score_photographs(model, meta, decoder.head, data.frame["path"], device, precision,
+                                          settings.batch_size)
+    if failed:
+        raise ExternalSetError(f"{len(failed)} photograph(s) of the external site under {data.root} could not be "
+                               "cropped:\n  " + "\n  ".join(failed))
+    graded = data.frame.iloc[kept].reset_index(drop=True)
+    probs, preds = decoder.probabilities(raw), decoder.grades(raw)
+    labels, patients = graded["level"].to_numpy(), graded["patient"].to_numpy()
+    points = {name: point["threshold"] for name, point in referable["operating_points"].items() if "threshold" in point}
+    record = site_metrics(labels, preds, probs, patients, resamples=settings.bootstrap_resamples,
+                          confidence=settings.confidence, seed=settings.bootstrap_seed, operating_points=points)
+    record["site"] = {
+        "source": data.source, "root": str(data.root), "images": int(len(graded)),
+        "patients": int(len(set(patients))), "patients_formed": data.patients, "left_out": data.left_out,
+        "grading": "the model's decoding, each eye alone, no TTA; operating points from in-domain validation",
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    return record, predictions_table(graded["image"], patients, labels, preds, probs)
+
+
 def _predictions_frame(test: Split, preds: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
     """The test predictions CSV: image, patient, actual and predicted grade, p0..p4 and p_referable."""
-    frame = pd.DataFrame({"image": test.names, "patient": np.asarray(test.patients), "actual": test.labels,
-                          "predicted": preds})
-    for grade in GRADES:
-        frame[f"p{grade}"] = probs[:, grade].round(5)
-    frame["p_referable"] = referable_score(probs).round(5)
-    return frame
+    return predictions_table(test.names, np.asarray(test.patients), test.labels, preds, probs)
 
 
 def _summary_line(model_path: str | os.PathLike[str], metrics: dict[str, Any]) -> str:

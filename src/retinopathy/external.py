@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from retinopathy.cli import EXTERNAL_SOURCES
+from retinopathy.settings import EXTERNAL_SOURCES
 
 IDRID_DIR = Path("B. Disease Grading")
 IDRID_SETS = {
@@ -261,7 +261,6 @@ def evaluate_external(
         ValueError: a photograph without a field of view or unreadable (all named), unless ``skip_bad_images``.
     """
     from retinopathy.inference import grading_precision, load_model, model_decoder
-    from retinopathy.metrics import referable_score
     from retinopathy.utils import select_device, write_csv, write_json
 
     started = time.perf_counter()
@@ -269,7 +268,7 @@ def evaluate_external(
     model, meta = load_model(model_path, dev)
     decoder = model_decoder(meta)
     precision, _ = grading_precision(meta, dev, model_path=model_path)
-    kept, raw, failed = _score(model, meta, decoder.head, data.frame["path"], dev, precision, batch_size)
+    kept, raw, failed = score_photographs(model, meta, decoder.head, data.frame["path"], dev, precision, batch_size)
     if failed and not skip_bad_images:
         raise ExternalSetError(f"{len(failed)} photograph(s) under {data.root} could not be cropped (nothing was "
                                "written; --skip-bad-images leaves them out):\n  " + "\n  ".join(failed))
@@ -278,23 +277,19 @@ def evaluate_external(
     graded = data.frame.iloc[kept].reset_index(drop=True)
     probs, preds = decoder.probabilities(raw), decoder.grades(raw)
     labels, patients = graded["level"].to_numpy(), graded["patient"].to_numpy()
-    metrics = _metrics(labels, preds, probs, patients, resamples)
+    metrics = site_metrics(labels, preds, probs, patients, resamples=resamples)
     metrics["external"] = {
         "source": data.source, "root": str(data.root), "images": int(len(graded)),
         "patients": int(len(set(patients))), "patients_formed": data.patients, "left_out": {
             **data.left_out, **({"could not be cropped": len(failed)} if failed else {})},
         "model": str(model_path), "precision": precision, "seconds": round(time.perf_counter() - started, 1),
     }
-    table = pd.DataFrame({"image": graded["image"], "patient": patients, "actual": labels, "predicted": preds})
-    for grade in range(probs.shape[1]):
-        table[f"p{grade}"] = probs[:, grade].round(5)
-    table["p_referable"] = referable_score(probs).round(5)
-    write_csv(predictions, table)
+    write_csv(predictions, predictions_table(graded["image"], patients, labels, preds, probs))
     write_json(out, metrics)
     return metrics
 
 
-def _score(model: Any, meta: dict[str, Any], head: str, paths: pd.Series, device: Any, precision: str,
+def score_photographs(model: Any, meta: dict[str, Any], head: str, paths: pd.Series, device: Any, precision: str,
            batch_size: int) -> tuple[list[int], np.ndarray, list[str]]:
     """The head's outputs of every photograph that can be cropped as the model's training set was, ``batch_size``
     at a time with a progress bar: their row positions, the outputs, and why each of the others failed."""
@@ -320,42 +315,58 @@ def _score(model: Any, meta: dict[str, Any], head: str, paths: pd.Series, device
     return kept, (np.concatenate(scores) if scores else np.zeros((0, 5))), failed
 
 
-def _metrics(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, patients: np.ndarray,
-             resamples: int) -> dict[str, Any]:
-    """The grade metrics with patient-bootstrap intervals, referable screening at P(referable) >= 0.5, calibration
-    and the referral curve."""
-    from retinopathy.calibration import (
-        CALIBRATION_BINS,
-        expected_calibration_error,
-        referral_curve,
-        reliability_table,
-    )
+def site_metrics(labels: np.ndarray, preds: np.ndarray, probs: np.ndarray, patients: np.ndarray, *,
+                 resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                 operating_points: dict[str, float] | None = None) -> dict[str, Any]:
+    """The grade metrics with patient-bootstrap intervals; referable screening at P(referable) >= 0.5 and at each
+    of ``operating_points`` (name: threshold, chosen elsewhere and applied unchanged); calibration; the referral
+    curve."""
+    from retinopathy.calibration import calibration_record, referral_record
     from retinopathy.evaluation import GRADE_METRICS
     from retinopathy.metrics import referable, referable_score, roc_auc, summarize
-    from retinopathy.statistics import patient_bootstrap, proportion_interval
+    from retinopathy.statistics import patient_bootstrap
 
-    boot = dict(n_resamples=resamples, confidence=0.95, seed=0)
+    boot = dict(n_resamples=resamples, confidence=confidence, seed=seed)
     metrics: dict[str, Any] = summarize(labels, preds)
     metrics["intervals"] = {name: patient_bootstrap(fn, [labels, preds], patients, **boot).to_dict()
                             for name, fn in GRADE_METRICS.items()}
     y, score = referable(labels), referable_score(probs)
-    called = score >= 0.5
     metrics["referable"] = {
         "definition": "grade >= 2, scored by P(grade >= 2) = p2 + p3 + p4; called referable at >= 0.5",
         "positives": int(y.sum()), "negatives": int((1 - y).sum()),
         "auc": patient_bootstrap(roc_auc, [y, score], patients, **boot).to_dict() if 0 < y.sum() < len(y) else None,
-        "sensitivity": proportion_interval(called[y == 1], patients[y == 1]).to_dict() if y.any() else None,
-        "specificity": proportion_interval(~called[y == 0], patients[y == 0]).to_dict() if (y == 0).any() else None,
+        **_called(y, score >= 0.5, patients, confidence),
     }
-    metrics["calibration"] = {
-        "ece": patient_bootstrap(expected_calibration_error, [labels, probs, preds], patients, **boot).to_dict(),
-        "bins": CALIBRATION_BINS,
-        "definition": "expected calibration error of the predicted grade's probability: images binned by it, "
-                      "the bins' share-weighted mean of |accuracy - mean probability|",
-        "reliability": reliability_table(labels, probs, preds),
-    }
-    metrics["referral"] = {
-        "confidence": "the probability of the predicted grade; the least confident images are referred",
-        "curve": referral_curve(labels, probs, preds),
-    }
+    if operating_points:
+        metrics["referable"]["operating_points"] = {
+            name: {"threshold": round(float(t), 6), **_called(y, score >= t, patients, confidence)}
+            for name, t in operating_points.items()}
+    metrics["calibration"] = calibration_record(labels, probs, preds, patients, **boot)
+    metrics["referral"] = referral_record(labels, probs, preds)
     return metrics
+
+
+def _called(y: np.ndarray, called: np.ndarray, patients: np.ndarray, confidence: float) -> dict[str, Any]:
+    """Sensitivity and specificity of ``called`` against ``y``, with :func:`~retinopathy.statistics.proportion_interval`
+    intervals (None where the set has no positives or no negatives)."""
+    from retinopathy.statistics import proportion_interval
+
+    return {
+        "sensitivity": (proportion_interval(called[y == 1], patients[y == 1], confidence=confidence).to_dict()
+                        if y.any() else None),
+        "specificity": (proportion_interval(~called[y == 0], patients[y == 0], confidence=confidence).to_dict()
+                        if (y == 0).any() else None),
+    }
+
+
+def predictions_table(images: Any, patients: Any, labels: np.ndarray, preds: np.ndarray, probs: np.ndarray
+                      ) -> pd.DataFrame:
+    """A predictions CSV's rows: image, patient, actual and predicted grade, p0..p4 and p_referable."""
+    from retinopathy.metrics import referable_score
+
+    table = pd.DataFrame({"image": np.asarray(images), "patient": np.asarray(patients), "actual": labels,
+                          "predicted": preds})
+    for grade in range(probs.shape[1]):
+        table[f"p{grade}"] = probs[:, grade].round(5)
+    table["p_referable"] = referable_score(probs).round(5)
+    return table

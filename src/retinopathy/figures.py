@@ -1,20 +1,30 @@
 """Stage plot: the figures comparing the variants, and the CSVs behind `dvc plots`, from the evaluate and train
 stages' outputs.
 
-With several training seeds, confusion matrices and ROC curves pool the seeds' test predictions,
+With several training seeds, confusion matrices, ROC curves, reliability diagrams and referral curves pool the
+seeds' predictions (test, and the external site's where it was scored),
 accuracy curves average them per epoch, and the summary bars show the mean with the seeds' range.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from retinopathy.calibration import referral_curve, reliability_table
 from retinopathy.metrics import confusion, referable, referable_score, roc_auc, roc_table
-from retinopathy.plotting import accuracy_curves, confusion_pair, roc_curves, summary_bars
+from retinopathy.plotting import (
+    accuracy_curves,
+    confusion_pair,
+    referral_curves,
+    reliability_diagrams,
+    roc_curves,
+    summary_bars,
+)
 from retinopathy.results import ARCHS, PRETRAINED, Run, describe, load_runs, variant_name
 from retinopathy.utils import atomic_path
 
@@ -47,9 +57,11 @@ def make_figures(
     plots_dir: str | os.PathLike[str],
     dpi: int,
     archs: Sequence[str] = ARCHS,
+    external_dir: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Draw the figures into ``out_dir`` and write the `dvc plots` CSVs into ``plots_dir``; return the summary table."""
-    runs = load_runs(seeds, eval_dir=eval_dir, predictions_dir=predictions_dir, live_dir=live_dir, archs=archs)
+    runs = load_runs(seeds, eval_dir=eval_dir, predictions_dir=predictions_dir, live_dir=live_dir,
+                     external_dir=external_dir, archs=archs)
     pooled_by_variant = {variant: _pooled(variant_runs) for variant, variant_runs in runs.items()}
     rows = {}
     # Each folder replaces only an earlier run's figures or plots (retinopathy.utils.atomic_path refuses others).
@@ -86,5 +98,28 @@ def make_figures(
                 aucs[describe(variant)] = roc_auc(y, score)
             roc_curves(curves, aucs, figures / f"roc_{name}.png",
                        title=f"{name.replace('_', '-')} DR (grade >= {grade}), test", dpi=dpi)
+        _calibration_figures(runs, figures, plots, dpi)
         table.rename_axis("variant").reset_index().to_csv(figures / "summary.csv", index=False)
     return table
+
+
+def _calibration_figures(runs: dict[str, list[Run]], figures: Path, plots: Path, dpi: int) -> None:
+    """Reliability diagrams and referral curves of every variant, its seeds pooled, on test and on the external
+    site where it was scored: ``calibration.png``, ``referral.png`` and the CSVs
+    ``reliability_<set>_<variant>.csv`` and ``referral_<set>_<variant>.csv`` (set: test or external)."""
+    reliability: dict[str, dict[str, pd.DataFrame]] = {}
+    referral: dict[str, dict[str, pd.DataFrame]] = {}
+    for variant, variant_runs in runs.items():
+        sets = {"test": [run.predictions for run in variant_runs]}
+        if all(run.external is not None for run in variant_runs):
+            sets["external"] = [run.external for run in variant_runs]
+        for name, frames in sets.items():
+            pooled = pd.concat(frames, ignore_index=True)
+            labels, preds = pooled["actual"].to_numpy(), pooled["predicted"].to_numpy()
+            probs = pooled[[f"p{g}" for g in range(5)]].to_numpy()
+            for kind, store, rows in (("reliability", reliability, reliability_table(labels, probs, preds)),
+                                      ("referral", referral, referral_curve(labels, probs, preds))):
+                store.setdefault(name, {})[describe(variant)] = frame = pd.DataFrame(rows)
+                frame.to_csv(plots / f"{kind}_{name}_{variant}.csv", index=False)
+    reliability_diagrams(reliability, figures / "calibration.png", dpi=dpi)
+    referral_curves(referral, figures / "referral.png", dpi=dpi)

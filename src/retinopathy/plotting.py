@@ -112,3 +112,39 @@ def forest(rows: list[dict], path: str | os.PathLike[str], *, title: str, dpi: i
     ax.set(xlabel="difference (first minus second), 95% interval", title=title)
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path, dpi)
+
+
+def reliability_diagrams(
+    tables: Mapping[str, Mapping[str, pd.DataFrame]], path: str | os.PathLike[str], *, dpi: int = 110
+) -> None:
+    """One panel per set (``tables``: set -> variant -> reliability rows with ``confidence``, ``accuracy``,
+    ``images``): accuracy against mean confidence per bin, the diagonal marking perfect calibration."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.6 * len(tables), 4.4), constrained_layout=True, squeeze=False)
+    for ax, (name, variants) in zip(axes[0], tables.items()):
+        for variant, rows in variants.items():
+            ax.plot(rows["confidence"], rows["accuracy"], "o-", markersize=3, label=variant)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set(xlabel="mean probability of the predicted grade (bin)", ylabel="accuracy in the bin", title=name,
+               xlim=(0, 1), ylim=(0, 1.01))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path, dpi)
+
+
+def referral_curves(
+    curves: Mapping[str, Mapping[str, pd.DataFrame]], path: str | os.PathLike[str], *, dpi: int = 110
+) -> None:
+    """QWK and accuracy of the images kept against the share referred (``curves``: set -> variant -> curve rows with
+    ``referred_fraction``, ``kappa``, ``accuracy``), one line style per set."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.2), constrained_layout=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for style, (name, variants) in zip(("-", "--", ":"), curves.items()):
+        for colour, (variant, rows) in zip(colours, variants.items()):
+            for ax, metric in zip(axes, ("kappa", "accuracy")):
+                ax.plot(rows["referred_fraction"], rows[metric], style, marker="o", markersize=3, color=colour,
+                        label=f"{variant}, {name}")
+    for ax, label in zip(axes, ("QWK of the images kept", "accuracy of the images kept")):
+        ax.set(xlabel="share of images referred (least confident first)", ylabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, loc="best")
+    _save(fig, path, dpi)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+from retinopathy.report_deployment import calibration_lines, external_lines, gate_lines
 from retinopathy.results import ARCHS, PRETRAINED, describe, read_json, variant_name
 from retinopathy.utils import atomic_path
 
@@ -231,8 +232,8 @@ def _read_evaluations(eval_dir: Path, seeds: Sequence[int], archs: Sequence[str]
 
 
 def _section(title: str, lines: list[str]) -> list[str]:
-    """``lines`` under a ``## title`` heading, followed by a blank line."""
-    return [f"## {title}", "", *lines, ""]
+    """``lines`` under a ``## title`` heading, followed by a blank line; nothing when there are no lines."""
+    return [f"## {title}", "", *lines, ""] if lines else []
 
 
 def _title_lines(first: dict[str, Any], seeds: Sequence[int]) -> list[str]:
@@ -340,8 +341,9 @@ def write_report(
     archs: Sequence[str] = ARCHS,
     train_dir: str | os.PathLike[str] | None = None,
     preprocess: dict[str, Any] | None = None,
+    gate: dict[str, Any] | None = None,
 ) -> str:
-    """Write ``path`` (markdown) and return its text."""
+    """Write ``path`` (markdown) and return its text; ``gate`` is the quality_gate stage's result, where it ran."""
     evals = _read_evaluations(Path(eval_dir), seeds, archs)
     first = next(iter(evals.values()))[0]
     settings = compared["settings"]
@@ -352,6 +354,9 @@ def write_report(
         *_section("Results on the test set", _results_lines(evals, compared, first, len(seeds))),
         *_section("Paired differences", _paired_lines(compared, len(seeds))),
         *_section("Screening: referable DR (grade >= 2)", _screening_lines(evals, first)),
+        *_section("External validation", external_lines(evals, compared)),
+        *_section("Calibration and referral", calibration_lines(evals)),
+        *_section("Gradability gate", gate_lines(gate, preprocess)),
         *_section("Grading: classifier refit, decoding, TTA and the two-eye blend", _grading_lines(evals, first)),
         *_section("Confusion matrices", [f"![confusion {arch}](figures/confusion_{arch}.png)" for arch in archs]),
         *_section("Conclusions", [*_scope_lines(len(seeds)), *_conclusions(compared)]),

@@ -40,6 +40,7 @@ class Run:
     predictions: pd.DataFrame
     summary: dict[str, Any] | None = None
     history: pd.DataFrame | None = None
+    external: pd.DataFrame | None = None  # the external site's predictions, where it was scored
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -73,12 +74,14 @@ def load_runs(
     predictions_dir: str | os.PathLike[str] = "metrics/predictions",
     train_dir: str | os.PathLike[str] | None = None,
     live_dir: str | os.PathLike[str] | None = None,
+    external_dir: str | os.PathLike[str] | None = None,
     archs: Sequence[str] = ARCHS,
 ) -> dict[str, list[Run]]:
     """Every variant's runs for ``seeds`` (in that order); files of other seeds in the folders are ignored.
 
     ``train_dir`` holds the train stage's summaries (``<variant>-<seed>.json``), ``live_dir`` its per-epoch
-    dvclive folders (``<variant>-<seed>/``); either may be None when not wanted.
+    dvclive folders (``<variant>-<seed>/``), ``external_dir`` the external site's predictions (read for the runs
+    whose evaluation scored one); each may be None when not wanted.
 
     Raises:
         FileNotFoundError: naming the first missing file.
@@ -109,5 +112,7 @@ def load_runs(
                     run.summary = read_json(Path(train_dir) / f"{key}.json")
                 if live_dir is not None:
                     run.history = read_history(Path(live_dir) / key)
+                if external_dir is not None and "external" in run.metrics:
+                    run.external = pd.read_csv(Path(external_dir) / f"{key}.csv", dtype={"image": str, "patient": str})
                 runs.setdefault(variant, []).append(run)
     return runs

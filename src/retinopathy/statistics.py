@@ -573,3 +573,62 @@ def proportion_interval(
     low, high = _binomial_bounds(point, n_eff, confidence, method)
     return ProportionInterval(point, low, high, int(outcomes.size), n_patients, float(n_eff),
                               PROPORTION_METHODS[method])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One model on two sets of patients: the in-domain test set minus an external site.
+
+
+def site_difference(
+    metric: Callable[..., float], first: tuple[np.ndarray, Sequence[np.ndarray], np.ndarray],
+    second: tuple[np.ndarray, Sequence[np.ndarray], np.ndarray], *, n_resamples: int = 1000,
+    confidence: float = 0.95, seed: int = 0, names: tuple[str, str] = ("in-domain", "external"),
+) -> dict[str, Any]:
+    """Difference in ``metric`` between two independent sets of patients scored by the same networks, with an
+    interval over both sets' patients and, where there are two or more, the networks' training seeds.
+
+    ``first`` and ``second`` are each ``(y_true, outputs, patients)``, ``outputs`` one array per training seed, the
+    i-th of both sets from the same network. The difference is the mean over seeds of ``metric`` on ``first`` minus
+    that on ``second``. Each replicate resamples the patients of both sets independently (they are different
+    people) and keeps every seed. One seed: the percentile interval of the replicates. Several: the seeds are
+    paired (one network scored on both sets), so :func:`_difference_interval`'s t interval adds the variance of
+    the per-network differences to the bootstrap variance; its df for the bootstrap part counts the smaller set's
+    patients.
+
+    Returns:
+        ``difference``, ``first``, ``second`` (the two seed means), ``low``, ``high``, ``seeds``, ``resamples``,
+        ``undefined_resamples``, ``accounts_for``, ``method``, ``df`` (several seeds only) and ``verdict``.
+
+    Raises:
+        ValueError: the two sets have different numbers of seeds, or an output's length is not its set's.
+    """
+    sets = [(np.asarray(y), [np.asarray(o) for o in outputs], _PatientIndex(patients, len(y)))
+            for y, outputs, patients in (first, second)]
+    if len(sets[0][1]) != len(sets[1][1]) or not sets[0][1]:
+        raise ValueError(f"both sets need the same networks: {len(sets[0][1])} and {len(sets[1][1])} outputs")
+    for name, (y, outputs, _) in zip(names, sets):
+        if any(len(o) != len(y) for o in outputs):
+            raise ValueError(f"{name}: outputs of lengths {[len(o) for o in outputs]} for {len(y)} images")
+    scores = [_seed_scores(metric, y, outputs, np.arange(len(y))) for y, outputs, _ in sets]
+    rngs = np.random.default_rng(seed).spawn(2)
+    replicates = np.empty(n_resamples)
+    for r in range(n_resamples):
+        means = [_seed_scores(metric, y, outputs, index.gather(rng.integers(0, index.n_patients, index.n_patients)))
+                 .mean() for (y, outputs, index), rng in zip(sets, rngs)]
+        replicates[r] = means[0] - means[1]
+    difference = float(scores[0].mean() - scores[1].mean())
+    n_patients = min(index.n_patients for _, _, index in sets)
+    low, high, dropped, df, method = _difference_interval(difference, replicates, (scores[0], scores[1]), n_patients,
+                                                          paired_seeds=True, confidence=confidence)
+    n_seeds = len(scores[0])
+    result: dict[str, Any] = {
+        "difference": difference, "first": float(scores[0].mean()), "second": float(scores[1].mean()),
+        "low": low, "high": high, "seeds": n_seeds, "resamples": n_resamples, "undefined_resamples": dropped,
+        "accounts_for": (f"the patients of both sets{' and the training seeds' if n_seeds > 1 else ''}"
+                         f"{'' if n_seeds > 1 else ' (one seed: training randomness not estimated)'}"),
+        "method": method,
+    }
+    if df is not None:
+        result["df"] = round(df, 2) if np.isfinite(df) else df
+    result["verdict"] = verdict(low, high, first=names[0], second=names[1], confidence=confidence)
+    return result
