@@ -24,6 +24,8 @@ def main() -> None:
                         help="folder the predictions <variant>.csv go to")
     parser.add_argument("--external-predictions", default="metrics/external",
                         help="folder the external site's predictions <variant>.csv go to")
+    parser.add_argument("--no-external", action="store_true",
+                        help="score no external site, whatever params.yaml's external section says (the studies)")
     args = parser.parse_args()
 
     params = load_params(args.params)
@@ -40,7 +42,7 @@ def main() -> None:
         precision=run.precision,
         head=run.head,
         class_weighting=run.class_weighting,
-        external=load_settings(ExternalSettings, params),
+        external=ExternalSettings(source="none") if args.no_external else load_settings(ExternalSettings, params),
         external_predictions_out=f"{args.external_predictions}/{args.variant}.csv",
     )
 

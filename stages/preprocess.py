@@ -1,4 +1,5 @@
-"""Stage preprocess: read the chosen data set, split it by patient, crop and resize every image."""
+"""Stage preprocess: read the chosen data set, split it by patient, crop and resize every image, and record each
+image's gradability (the params' ``quality`` thresholds)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 from retinopathy.params import load_params, load_settings
 from retinopathy.preprocessing import CropSettings, build_processed_set
-from retinopathy.settings import DataSettings, PreprocessSettings, TrainConfig
+from retinopathy.quality import QualityGate
+from retinopathy.settings import DataSettings, PreprocessSettings, QualityThresholds, TrainConfig
 from retinopathy.sources import read_source, unlisted_images
 
 
@@ -25,6 +27,7 @@ def main() -> None:
     given = {} if args.label_fraction is None else {"label_fraction": args.label_fraction}
     data = load_settings(DataSettings, params, **given)
     pre = load_settings(PreprocessSettings, params)
+    thresholds = load_settings(QualityThresholds, params)
     seed = load_settings(TrainConfig, params, keys=["seed"]).seed
     root = Path(data.root)
     tables = read_source(data.source, root)
@@ -43,6 +46,10 @@ def main() -> None:
         unlisted=unlisted_images(data.source, root, tables),
         report_path=args.report,
         label_fraction=data.label_fraction,
+        gate=QualityGate(thresholds),
+        on_ungradable=pre.on_ungradable,
+        # What trained models record of their data: `retinopathy predict` warns about one of the embedded set.
+        data_source={"source": data.source, "label_fraction": data.label_fraction},
     )
 
 

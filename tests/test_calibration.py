@@ -61,3 +61,29 @@ def test_referring_the_least_confident_leaves_the_easier_images() -> None:
     assert [row["referred"] for row in curve] == [0, 400, 800, 1200, 1600, 2000]
     with pytest.raises(ValueError, match="referral fraction"):
         referral_curve(labels, probs, preds, fractions=(1.0,))
+
+
+def test_temperature_scaling_recovers_the_temperature_that_made_probabilities_overconfident() -> None:
+    from retinopathy.calibration import fit_temperature, scale_probabilities
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 5)) * 2.0
+    true = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(5, p=p) for p in true])
+    overconfident = scale_probabilities(true, 0.5)  # logits doubled
+    assert fit_temperature(labels, overconfident) == pytest.approx(2.0, rel=0.1)
+    assert np.array_equal(scale_probabilities(overconfident, 2.0).argmax(1), overconfident.argmax(1))
+
+
+def test_temperature_scaling_record_reports_both_sets_before_and_after() -> None:
+    from retinopathy.calibration import scale_probabilities, temperature_scaling_record
+
+    rng = np.random.default_rng(1)
+    true = rng.dirichlet(np.ones(5), size=400)
+    labels = np.array([rng.choice(5, p=p) for p in true])
+    probs = scale_probabilities(true, 0.4)  # overconfident
+    patients = np.repeat(np.arange(200), 2).astype(str)
+    record = temperature_scaling_record(labels, probs, {"test": (labels, probs, patients)}, n_resamples=50)
+    assert record["temperature"] > 1.0 and record["val_nll"]["after"] < record["val_nll"]["before"]
+    assert record["test"]["after"]["ece"]["value"] < record["test"]["before"]["ece"]["value"]
+    assert record["test"]["after"]["kappa"] == record["test"]["before"]["kappa"]

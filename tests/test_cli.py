@@ -28,6 +28,8 @@ from retinopathy.synthetic import render_fundus
 
 SETTINGS = CropSettings(size=32)
 MEAN, STD = [0.4, 0.25, 0.15], [0.3, 0.2, 0.1]
+# What the fixture model says it was trained on: a real layout, so predict has no warning to give about it.
+DATA_SOURCE = {"source": "course", "label_fraction": 1.0}
 
 
 def _photograph(path: Path, grade: int, seed: int, eye: str = "left", size: int = 80) -> Path:
@@ -42,7 +44,8 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     model = resnet18(num_classes=5)
     path = tmp_path_factory.mktemp("model") / "resnet18-test.pt"
-    meta = model_metadata("resnet18", mean=MEAN, std=STD, crop=SETTINGS, data_fingerprint={"train.csv": "0" * 64})
+    meta = model_metadata("resnet18", mean=MEAN, std=STD, crop=SETTINGS, data_fingerprint={"train.csv": "0" * 64},
+                          data_source=DATA_SOURCE)
     torch.save({**meta, "state_dict": model.state_dict(), "pretrained": False}, path)
     return path
 
@@ -152,6 +155,7 @@ def test_onnx_export_gives_the_same_probabilities(model_file: Path, photos: list
     out = tmp_path / "model.onnx"
     assert main(["export", str(model_file), "--onnx", str(out)]) == 0
     assert out.is_file() and out.with_suffix(".json").is_file()
+    assert json.loads(out.with_suffix(".json").read_text())["data_source"] == DATA_SOURCE  # carried with the metadata
     model, meta = load_model(model_file, torch.device("cpu"))
     batch = torch.stack([prepare_photograph(p, meta) for p in photos])
     with torch.no_grad():

@@ -95,6 +95,23 @@ def test_idrid_both_sets_each_image_its_own_patient(model_file: Path, tmp_path: 
     assert list(only_test.frame["image"]) == ["test/IDRiD_001", "test/IDRiD_002"]
 
 
+def test_a_model_trained_on_the_embedded_set_is_named_with_a_warning(
+    model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    synthetic = tmp_path / "synthetic.pt"
+    torch.save({**torch.load(model_file, weights_only=True), "data_source": {"source": "synthetic"}}, synthetic)
+    root = _idrid(tmp_path / "IDRiD", ["0", "2"], ["1"])
+    said = []
+    for model in (synthetic, model_file):
+        assert main(["evaluate", str(model), "--source", "idrid", "--root", str(root), "--out",
+                     str(tmp_path / f"{model.stem}.json"), "--device", "cpu"]) == 0
+        said.append(capsys.readouterr().err)
+    assert f"warning: {synthetic} was trained on the embedded synthetic set (data.source synthetic)" in said[0]
+    # The fixture's file records no data source (its data_source is None): the softer warning.
+    assert f"warning: {model_file} does not say what it was trained on" in said[1]
+    assert "embedded synthetic set (data.source" not in said[1]
+
+
 def test_idrid_unknown_grade_and_missing_image_are_named_with_file_and_row(
     model_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -11,8 +11,19 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from retinopathy.fundus import find_fov
-from retinopathy.quality import MAX_UPSCALE, Quality, QualityThresholds, _analysis_frame, assess, judge
+from retinopathy.fundus import FieldOfView, find_fov
+from retinopathy.params import ParamsError, load_params, load_settings
+from retinopathy.quality import (
+    ANALYSIS_DIAMETER,
+    BLUR_MARGIN,
+    MAX_UPSCALE,
+    Quality,
+    QualityThresholds,
+    _analysis_frame,
+    assess,
+    judge,
+)
+from retinopathy.synthetic import render_fundus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from quality_gate import (  # noqa: E402  (the benchmark's case makers are the tests' too)
@@ -116,12 +127,21 @@ def test_every_limit_can_fail_alone_and_names_its_measurement() -> None:
 
 
 def test_thresholds_out_of_range_are_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="max_dark_share"):
+    with pytest.raises(ValueError, match=r"key 'quality.max_dark_share' must be in \[0, 1\], got 1.5"):
         QualityThresholds(max_dark_share=1.5)
-    with pytest.raises(ValueError, match="dark_level"):
+    with pytest.raises(ValueError, match=r"'quality.dark_level' \(230\) must be below 'quality.bright_level' \(215\)"):
         QualityThresholds(dark_level=230, bright_level=215)
-    with pytest.raises(ValueError, match="min_focus"):
+    with pytest.raises(ValueError, match="key 'quality.min_focus' must be 0 or more"):
         QualityThresholds(min_focus=-0.1)
+
+
+def test_the_thresholds_are_the_params_quality_section() -> None:
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert load_settings(QualityThresholds, params) == QualityThresholds()
+    with pytest.raises(ParamsError, match=r"key 'quality.min_focus' must be float, got str 'sharp'"):
+        load_settings(QualityThresholds, {"quality": {**params["quality"], "min_focus": "sharp"}})
+    with pytest.raises(ParamsError, match=r"unknown key 'quality.min_focs' \(did you mean 'min_focus'\?\)"):
+        load_settings(QualityThresholds, {"quality": {**params["quality"], "min_focs": 0.1}})
 
 
 def test_the_measurements_do_not_depend_on_the_cameras_resolution(retina: Image.Image) -> None:
@@ -136,10 +156,28 @@ def test_the_measurements_do_not_depend_on_the_cameras_resolution(retina: Image.
 
 def test_a_tiny_bright_disc_is_not_blown_up_to_the_analysis_scale() -> None:
     frame = Image.new("RGB", (400, 300))
-    ImageDraw.Draw(frame).ellipse((194, 144, 206, 156), fill=(200, 60, 20))  # a 12-px disc: a circle to find_fov
-    fov = find_fov(frame)
-    assert fov.radius < 8
-    enlarged, _ = _analysis_frame(frame, fov)
-    assert enlarged.shape[:2] == (300 * MAX_UPSCALE, 400 * MAX_UPSCALE)  # not the 21x that 256 px would need
+    ImageDraw.Draw(frame).ellipse((194, 144, 206, 156), fill=(200, 60, 20))  # a 12-px disc
+    fov = FieldOfView(cx=200.0, cy=150.0, radius=6.5)  # as a caller may give it: find_fov refuses so small a circle
+    enlarged, circle = _analysis_frame(frame, fov)
+    assert circle.radius == pytest.approx(fov.radius * MAX_UPSCALE)  # not the 21x that 256 px would need
+    assert max(enlarged.size) <= 2 * circle.radius + 2 * BLUR_MARGIN + 2  # only the circle's part of the frame
+    given = assess(frame, fov=fov)
+    assert not given.gradable and not given.fundus and "covers" in given.reason_text()
     quality = assess(frame)
-    assert not quality.gradable and not quality.fundus and "covers" in quality.reason_text()
+    assert not quality.gradable and not quality.fundus and not quality.fov_found
+    assert "no field of view found: the bright circle (radius 6.4 px) is too small" in quality.reason_text()
+
+
+@pytest.mark.parametrize("size", [60, 150, 600])  # enlarged 4x, a little, and reduced
+def test_the_analysis_frame_is_the_circles_part_of_the_whole_frame_resampled(size: int) -> None:
+    photo = render_fundus(2, np.random.default_rng(size), size=size)
+    fov = find_fov(photo)
+    part, circle = _analysis_frame(photo, fov)
+    scale = min(ANALYSIS_DIAMETER / (2 * fov.radius), MAX_UPSCALE)
+    width, height = round(photo.width * scale), round(photo.height * scale)
+    whole = photo.resize((width, height), Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR)
+    x0, y0 = round(fov.cx * width / photo.width - circle.cx), round(fov.cy * height / photo.height - circle.cy)
+    ours = np.asarray(part, dtype=np.int16)
+    theirs = np.asarray(whole, dtype=np.int16)[y0: y0 + ours.shape[0], x0: x0 + ours.shape[1]]
+    assert ours.shape == theirs.shape and part.width <= 2 * circle.radius + 2 * BLUR_MARGIN + 2
+    assert np.mean(ours != theirs) < 0.005 and np.abs(ours - theirs).max() <= 12

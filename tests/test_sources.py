@@ -16,6 +16,7 @@ import yaml
 from PIL import Image, ImageDraw
 
 from retinopathy.data import patient_of, processed_dataset
+from retinopathy.params import load_params
 from retinopathy.preprocessing import CropSettings, assign_splits, build_processed_set, split_leaks
 from retinopathy.sources import LAYOUTS, SourceError, read_source, unlisted_images
 
@@ -207,7 +208,12 @@ def test_preprocess_stage_runs_on_a_course_copy_inside_the_project(tmp_path: Pat
     report = json.loads((tmp_path / "metrics" / "preprocess_report.json").read_text())
     assert report["splits"] == {"train": 6, "val": 2, "test": 4} and report["bad_image_count"] == 0
     assert json.loads((tmp_path / "metrics" / "label_balance.json").read_text())["test"]["total"] == 4
-    assert (tmp_path / "data" / "processed" / "stats.json").is_file()
+    # Every image judged with the params' quality thresholds (kept whatever the verdict: on_ungradable keep).
+    quality = report["quality"]
+    assert quality["on_ungradable"] == "keep" and quality["thresholds"] == load_params(params)["quality"]
+    assert sum(quality["gradable"].values()) + quality["ungradable_count"] == 12 and quality["left_out"] == 0
+    stats = json.loads((tmp_path / "data" / "processed" / "stats.json").read_text())
+    assert stats["data_source"] == {"source": "course", "label_fraction": 1.0}  # what trained models record
 
 
 def _run(args: list[str], cwd: Path) -> str:

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from retinopathy.settings import EXTERNAL_SOURCES
+
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
-# The labelled sets `retinopathy evaluate` reads (retinopathy.external), all graded on the ICDR 0-4 scale.
-EXTERNAL_SOURCES = ("course", "kaggle", "aptos", "idrid", "messidor2")
 
 MAIN_EPILOG = """\
 examples:
@@ -54,6 +54,9 @@ else that fails while reading it) is named on stderr with its reason and gets NO
 still graded. 100 megapixels is several times any fundus camera's frame; the
 limit refuses "decompression bombs", tiny files whose header claims a huge image.
 The CSV is written whole at the end (atomically), also when nothing could be graded.
+A model trained on the embedded synthetic set (the model file records its data.source) gets a warning
+on stderr: its grades of real photographs mean nothing; a model file that does not record what it was
+trained on gets a softer one.
 
 Outputs never overwrite what is read: --out and --heatmaps may not be, lie inside or contain an
 INPUT (file, folder, CSV list or a listed image), the MODEL or each other, and --out may not be an
@@ -88,7 +91,8 @@ interval) and the reliability diagram's bins; the referral curve (the metrics of
 when the least confident 0-50% go to a grader); the CSV (--predictions, default FILE.csv beside
 --out) one row per photograph. A label
 problem (a grade outside 0..4, a missing image, a duplicate) is named with its file and row, and
-nothing is written; so is a photograph that cannot be cropped, unless --skip-bad-images.
+nothing is written; so is a photograph that cannot be cropped, unless --skip-bad-images. A model trained
+on the embedded synthetic set, or one that does not record what it was trained on, gets a warning on stderr.
 
 exit status: 0 scored, 2 usage error or a problem in the set (named; nothing written).
 

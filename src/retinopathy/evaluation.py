@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from retinopathy import GRADES
-from retinopathy.calibration import calibration_record, referral_record
+from retinopathy.calibration import calibration_record, referral_record, temperature_scaling_record
 from retinopathy.data import build_transform, class_weights, make_loader, patient_of, processed_dataset
 from retinopathy.decoding import Decoder, PatientBlend
 from retinopathy.external import (
@@ -243,10 +243,12 @@ def evaluate_variant(
     grading = _grading_record(decoder, settings, fitted, test, meta)
     metrics = _test_metrics(val, val_probs, test, preds, probs, settings, grading=grading)
     metrics.update(precision=resolved, hardware=hardware(dev))
+    site = None
     if external.source != "none":
         metrics["external"], site = score_external_site(model, meta, decoder, external, metrics["referable"],
                                                         settings, dev, resolved)
-        write_csv(external_predictions_out, site)
+        write_csv(external_predictions_out, predictions_table(*site))
+    metrics["temperature_scaling"] = _temperature_scaling(decoder, settings, val.labels, val_probs, test, probs, site)
     write_csv(predictions_out, _predictions_frame(test, preds, probs))
     metrics["seconds"] = round(time.perf_counter() - started, 1)  # the stage's wall time, model loading included
     write_json(metrics_out, metrics)
@@ -303,11 +305,27 @@ def _test_metrics(
     return metrics
 
 
+def _temperature_scaling(decoder: Decoder, settings: EvalSettings, val_labels: np.ndarray, val_probs: np.ndarray,
+                         test: Split, test_probs: np.ndarray, site: tuple | None) -> dict[str, Any]:
+    """What a temperature fitted on validation would do to test's (and the site's) calibration, QWK and referable
+    AUC (:func:`retinopathy.calibration.temperature_scaling_record`); reported, never applied to the grades above.
+    Only for argmax grading of a classification head without the blend, where scaling cannot change a grade."""
+    if decoder.head != "classification" or decoder.decode != "argmax" or settings.patient_blend:
+        return {"fitted": False, "reason": "only for argmax grading of a classification head, without the blend"}
+    sets = {"test": (test.labels, test_probs, np.asarray(test.patients))}
+    if site is not None:
+        _, patients, labels, _, probs = site
+        sets["external"] = (labels, probs, patients)
+    boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
+    return {"fitted": True, **temperature_scaling_record(val_labels, val_probs, sets, **boot)}
+
+
 def score_external_site(
     model: Any, meta: dict[str, Any], decoder: Decoder, external: ExternalSettings, referable: dict[str, Any],
     settings: EvalSettings, device: Any, precision: str,
-) -> tuple[dict[str, Any], pd.DataFrame]:
-    """The external site's metrics (:func:`retinopathy.external.site_metrics`) and predictions.
+) -> tuple[dict[str, Any], tuple[np.ndarray, ...]]:
+    """The external site's metrics (:func:`retinopathy.external.site_metrics`) and its predictions: images,
+    patients, grades, predicted grades and p0..p4 (the columns of :func:`retinopathy.external.predictions_table`).
 
     Its photographs are cropped as the model's training set was and graded by the model's own decoding, each eye
     alone and without TTA; the referable operating points are the thresholds chosen on in-domain validation
@@ -335,7 +353,7 @@ def score_external_site(
         "grading": "the model's decoding, each eye alone, no TTA; operating points from in-domain validation",
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return record, predictions_table(graded["image"], patients, labels, preds, probs)
+    return record, (graded["image"].to_numpy(), patients, labels, preds, probs)
 
 
 def _predictions_frame(test: Split, preds: np.ndarray, probs: np.ndarray) -> pd.DataFrame:

@@ -29,6 +29,7 @@ on disk) is named with its file and row, all in one error, before anything is wr
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,17 +256,20 @@ def evaluate_external(
     (the model file holds no threshold chosen on in-domain validation). Intervals: patient bootstrap for the grade
     metrics, the AUC and the expected calibration error, :func:`retinopathy.statistics.proportion_interval` for
     sensitivity and specificity. Also the reliability diagram's bins and the referral curve
-    (:mod:`retinopathy.calibration`).
+    (:mod:`retinopathy.calibration`). A model trained on the embedded synthetic set, or one that does not say what it
+    was trained on, is named on stderr first (:func:`retinopathy.inference.training_data_warning`).
 
     Raises:
         ValueError: a photograph without a field of view or unreadable (all named), unless ``skip_bad_images``.
     """
-    from retinopathy.inference import grading_precision, load_model, model_decoder
+    from retinopathy.inference import grading_precision, load_model, model_decoder, training_data_warning
     from retinopathy.utils import select_device, write_csv, write_json
 
     started = time.perf_counter()
     dev = select_device(device)
     model, meta = load_model(model_path, dev)
+    if (warning := training_data_warning(meta, model_path)) is not None:
+        print(warning, file=sys.stderr)
     decoder = model_decoder(meta)
     precision, _ = grading_precision(meta, dev, model_path=model_path)
     kept, raw, failed = score_photographs(model, meta, decoder.head, data.frame["path"], dev, precision, batch_size)

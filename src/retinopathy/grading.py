@@ -29,7 +29,14 @@ from tqdm.auto import tqdm
 
 from retinopathy.decoding import Decoder
 from retinopathy.images import open_rgb
-from retinopathy.inference import grading_precision, load_model, model_decoder, outputs, photograph_input
+from retinopathy.inference import (
+    grading_precision,
+    load_model,
+    model_decoder,
+    outputs,
+    photograph_input,
+    training_data_warning,
+)
 from retinopathy.preprocessing import Cropped, CropSettings, failure_reason, image_failure
 from retinopathy.quality import ANALYSIS_DIAMETER, Quality, QualityThresholds, assess
 from retinopathy.utils import OutputPathError, atomic_path, check_outputs_apart, select_device, write_csv
@@ -265,7 +272,9 @@ def grade_photographs(
     the patient were graded). A photograph the gradability gate refuses has ``gradable`` false, its reasons, and
     empty grade and probabilities; with ``quality_gate`` false every photograph with a field of view is graded
     and the gate's verdict is only reported. The CSV is written whole at the end, atomically, even when no
-    photograph could be graded, so a CSV of an earlier run never stands for this one.
+    photograph could be graded, so a CSV of an earlier run never stands for this one. A model trained on the
+    embedded synthetic set, or one that does not say what it was trained on, is named on stderr first
+    (:func:`retinopathy.inference.training_data_warning`).
 
     Raises:
         FileNotFoundError: the model file is missing.
@@ -278,6 +287,8 @@ def grade_photographs(
     # The model, its own decoding, and the arithmetic to grade in.
     dev = select_device(device)
     model, meta = load_model(model_path, dev)
+    if (warning := training_data_warning(meta, model_path)) is not None:
+        print(warning, file=sys.stderr)
     decoder = model_decoder(meta)
     precision, _ = grading_precision(meta, dev, model_path=model_path)
     # The photographs; outputs that collide with what is read are refused before anything is written.

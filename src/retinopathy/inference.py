@@ -47,6 +47,7 @@ def model_metadata(
     precision: str = "fp32",
     data_fingerprint: dict[str, Any] | None = None,
     decoder: Decoder | None = None,
+    data_source: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything a saved model carries to grade a raw photograph by itself (all but the weights and provenance).
 
@@ -57,6 +58,8 @@ def model_metadata(
         precision: the autocast arithmetic the model was trained with.
         data_fingerprint: SHA-256 of the processed set's tables and statistics.
         decoder: the head and how its outputs become grades (cut-points tuned on validation); argmax by default.
+        data_source: where the training images came from (the processed set's ``data_source``: ``source`` is
+            params.yaml's ``data.source``); None where unknown. :func:`training_data_warning` reads it.
     """
     decoder = decoder or Decoder()
     record = (
@@ -75,7 +78,26 @@ def model_metadata(
         "std": [float(s) for s in std],
         "precision": precision,
         "data_fingerprint": data_fingerprint or {},
+        "data_source": dict(data_source) if data_source is not None else None,
     }
+
+
+def training_data_warning(meta: dict[str, Any], model_path: str | os.PathLike[str]) -> str | None:
+    """The warning a model's training data calls for before it grades real photographs, or None.
+
+    A model trained on the embedded synthetic set (``data_source.source`` synthetic) gets one: its grades of real
+    photographs mean nothing. So does a model whose file does not say what it was trained on (no ``data_source``
+    record), in softer words. A model trained on any other source gets none.
+    """
+    record = meta.get("data_source")
+    source = record.get("source") if isinstance(record, dict) else None
+    if source is None:
+        return (f"warning: {model_path} does not say what it was trained on (it has no data_source record); if that "
+                "was the embedded synthetic set, its grades of real photographs mean nothing")
+    if source == "synthetic":
+        return (f"warning: {model_path} was trained on the embedded synthetic set (data.source synthetic); its grades "
+                "of real photographs mean nothing")
+    return None
 
 
 def load_model(path: str | os.PathLike[str], device: torch.device) -> tuple[nn.Module, dict[str, Any]]:

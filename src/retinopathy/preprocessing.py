@@ -3,7 +3,9 @@
 Bad images (missing, corrupt or truncated, larger than :data:`retinopathy.images.MAX_PIXELS`,
 or without a visible field of view) are all found in one pass. With ``on_bad_image="error"`` the set
 is not written and one error lists every one of them; with ``"skip"`` they are left out. Either way
-the report names them and gives the throughput of the run.
+the report names them and gives the throughput of the run. Given a gradability gate
+(:class:`retinopathy.quality.QualityGate`), each image's decoded frame also gets its verdict; the report counts
+and lists the ungradable ones, and ``on_ungradable="skip"`` leaves them out of every split.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn, Sequence
+from typing import Any, NamedTuple, NoReturn, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,7 +29,7 @@ from retinopathy import NUM_CLASSES
 from retinopathy.data import keep_labelled_fraction, label_balance, patient_grades, patient_of, split_by_patient
 from retinopathy.fundus import FieldOfView, crop_square, find_fov, local_average_subtraction
 from retinopathy.images import open_rgb
-from retinopathy.settings import BAD_IMAGE_POLICIES, LEAK_POLICIES
+from retinopathy.settings import BAD_IMAGE_POLICIES, LEAK_POLICIES, UNGRADABLE_POLICIES, QualityThresholds
 from retinopathy.utils import atomic_path, write_json
 
 # libjpeg decodes at 1/2, 1/4 or 1/8 scale for a fraction of the full cost. Asking for a shorter
@@ -65,12 +67,24 @@ class CropSettings:
 
 
 class Processed(NamedTuple):
-    """One image's outcome: a problem (``kind``, ``message``) or the output's per-channel sums."""
+    """One image's outcome: a problem (``kind``, ``message``) or the output's per-channel sums (and the gate's
+    verdict, when one was asked for)."""
 
     kind: str | None
     message: str | None
     sums: np.ndarray | None  # [sum over pixels, sum of squares] per channel, of 0-255 values; shape (2, 3)
     pixels: int
+    gradable: bool | None = None  # None: no gate, or the image could not be processed
+    reasons: tuple[str, ...] = ()  # why the gate calls it ungradable
+
+
+class Gate(Protocol):
+    """What preprocessing asks of the gradability gate (:class:`retinopathy.quality.QualityGate`)."""
+
+    thresholds: QualityThresholds
+
+    def __call__(self, image: Image.Image, fov: FieldOfView) -> Any:
+        """The verdict on a decoded frame and its field of view: an object with ``gradable`` and ``reasons``."""
 
 
 def default_workers() -> int:
@@ -103,8 +117,9 @@ class Cropped(NamedTuple):
     frame_size: tuple[int, int]  # (width, height) of the decoded frame: smaller than the file's for a draft JPEG
 
 
-def crop_photograph(src: str | os.PathLike[str], settings: CropSettings) -> Cropped:
-    """Decode one photograph and turn it into the network's input: the one crop the processed set and grading share.
+def decode_photograph(src: str | os.PathLike[str], settings: CropSettings) -> tuple[Image.Image, FieldOfView]:
+    """Decode one photograph at the scale its crop needs (a JPEG at reduced scale where that keeps the field of view
+    wider than the output), and find its field of view.
 
     Raises:
         FileNotFoundError: naming the missing file.
@@ -116,6 +131,12 @@ def crop_photograph(src: str | os.PathLike[str], settings: CropSettings) -> Crop
     if reduced and 2 * fov.radius < settings.size:
         image, _ = open_image(Path(src))
         fov = find_fov(image, threshold=settings.fov_threshold)
+    return image, fov
+
+
+def crop_frame(image: Image.Image, fov: FieldOfView, settings: CropSettings) -> Cropped:
+    """A decoded frame (:func:`decode_photograph`) as the network's input: its field of view's square, resized, and
+    Graham-processed when the settings say so."""
     frame_size = image.size
     image = crop_square(image, fov, settings.size)
     if settings.graham:
@@ -123,15 +144,28 @@ def crop_photograph(src: str | os.PathLike[str], settings: CropSettings) -> Crop
     return Cropped(image, fov, frame_size)
 
 
-def process_image(src: Path, dst: Path, settings: CropSettings) -> Processed:
+def crop_photograph(src: str | os.PathLike[str], settings: CropSettings) -> Cropped:
+    """Decode one photograph and turn it into the network's input: the one crop the processed set and grading share.
+
+    Raises:
+        FileNotFoundError: naming the missing file.
+        ValueError: naming a corrupt, truncated or unreadable file, or one without a field of view.
+    """
+    return crop_frame(*decode_photograph(src, settings), settings)
+
+
+def process_image(src: Path, dst: Path, settings: CropSettings, gate: Gate | None = None) -> Processed:
     """Crop, resize and save one image; return its problem instead of raising, so all can be listed.
 
     ``dst``'s folder is made where it is missing: an image name with folders (``clinicB/10_left``) is
     written to the same subfolders of its split's folder. A failure to write ``dst`` raises, naming it:
-    it is the output's problem, not the photograph's.
+    it is the output's problem, not the photograph's. ``gate`` judges the frame as decoded for the crop, with the
+    crop's field of view; its verdict is part of the outcome (the image is written whatever it says).
     """
     try:
-        image = crop_photograph(src, settings).image
+        frame, fov = decode_photograph(src, settings)
+        verdict = gate(frame, fov) if gate is not None else None
+        image = crop_frame(frame, fov, settings).image
     except FileNotFoundError as exc:
         return Processed("missing", str(exc), None, 0)
     except Exception as exc:  # whatever one file makes the decoder or the crop raise is that file's problem,
@@ -145,7 +179,10 @@ def process_image(src: Path, dst: Path, settings: CropSettings) -> Processed:
     except OSError as exc:  # a full disk or a read-only folder stops the run instead of listing every image as bad
         raise OSError(f"cannot write the processed image {dst}: {exc}") from exc
     flat = np.asarray(image).reshape(-1, 3).astype(np.float64)
-    return Processed(None, None, np.stack([flat.sum(axis=0), (flat**2).sum(axis=0)]), flat.shape[0])
+    sums = np.stack([flat.sum(axis=0), (flat**2).sum(axis=0)])
+    if verdict is None:
+        return Processed(None, None, sums, flat.shape[0])
+    return Processed(None, None, sums, flat.shape[0], bool(verdict.gradable), tuple(verdict.reasons))
 
 
 def failure_reason(exc: Exception) -> str:
@@ -159,21 +196,22 @@ def image_failure(src: str | os.PathLike[str], exc: Exception) -> str:
     return reason if str(src) in reason else f"{src}: {reason}"
 
 
-def _process_job(job: tuple[Path, Path, CropSettings]) -> Processed:
+def _process_job(job: tuple[Path, Path, CropSettings, Gate | None]) -> Processed:
     return process_image(*job)
 
 
 def process_images(
     pairs: Sequence[tuple[Path, Path]], settings: CropSettings, *, workers: int = 0, desc: str = "preprocess",
-    progress: bool = True,
+    progress: bool = True, gate: Gate | None = None,
 ) -> list[Processed]:
-    """Process ``(src, dst)`` pairs on ``workers`` processes (0: all cores) with a progress bar.
+    """Process ``(src, dst)`` pairs on ``workers`` processes (0: all cores) with a progress bar, each image judged by
+    ``gate`` where one is given (:func:`process_image`).
 
     Returns:
         One outcome per pair, in order.
     """
     workers = workers or default_workers()
-    jobs = [(Path(src), Path(dst), settings) for src, dst in pairs]
+    jobs = [(Path(src), Path(dst), settings, gate) for src, dst in pairs]
     bar = {"desc": desc, "unit": "img", "disable": not progress}
     if workers == 1 or len(jobs) < 2:
         return [_process_job(job) for job in tqdm(jobs, **bar)]
@@ -415,24 +453,29 @@ def build_processed_set(
     unlisted: Sequence[str] = (),
     report_path: str | os.PathLike[str] | None = None,
     label_fraction: float = 1.0,
+    gate: Gate | None = None,
+    on_ungradable: str = "keep",
+    data_source: dict[str, Any] | None = None,
 ) -> dict[str, int]:
     """Split by patient, process every image, write tables, stats, label balance and the report.
 
     ``out_dir`` gets ``<split>/<image>.png`` (in subfolders where the name has folders, ``clinicB/10_left``)
     and ``<split>.csv`` (image, level) for train, val, test (and ``unlabeled`` where there is a pool), plus
-    ``stats.json`` with the training set's channel mean and std and the crop settings (``crop``, which every
-    trained model copies). The folder appears only when the run succeeds. ``unlisted`` names image files
-    that no table row names; they count as bad input like a missing or corrupt image. ``label_fraction``
-    keeps that share of the training patients and moves the rest to the pool (:func:`apply_label_fraction`).
+    ``stats.json`` with the training set's channel mean and std, the crop settings (``crop``) and ``data_source``
+    (where the images came from), which every trained model copies. The folder appears only when the run succeeds.
+    ``unlisted`` names image files that no table row names; they count as bad input like a missing or corrupt image.
+    ``label_fraction`` keeps that share of the training patients and moves the rest to the pool
+    (:func:`apply_label_fraction`). ``gate`` judges every image (the report's ``quality``); ``on_ungradable="skip"``
+    leaves the ungradable ones out of every split.
 
     Returns:
         The number of images in each split.
 
     Raises:
-        ValueError: with ``on_bad_image="error"``, listing every bad image and unlisted file.
+        ValueError: with ``on_bad_image="error"``, listing every bad image and unlisted file; naming the policy
+            when ``on_bad_image`` or ``on_ungradable`` is not one of its choices.
     """
-    if on_bad_image not in BAD_IMAGE_POLICIES:
-        raise ValueError(f"on_bad_image must be one of {list(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
+    _check_policies(on_bad_image, on_ungradable, gate)
     # The splits: by patient, split leaks resolved, data.label_fraction of the training patients kept.
     splits = assign_splits(tables, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed)
     report_path = Path(report_path) if report_path is not None else None
@@ -443,23 +486,100 @@ def build_processed_set(
     # A folder left by an earlier run is replaced (DVC removes it before a rerun); one holding other files is refused.
     with atomic_path(out_dir, replace_dir=True) as tmp:
         # Crop every image, then stop on bad input or leave it out, as on_bad_image says.
-        outcomes, bad, seconds = _process_rows(rows, tmp, list(splits), settings, workers)
+        outcomes, bad, seconds = _process_rows(rows, tmp, list(splits), settings, workers, gate)
         report = _processing_report(rows, bad, unlisted, seconds, on_bad_image=on_bad_image, leaks=leaks,
                                     fraction_report=fraction_report, settings=settings, workers=workers)
+        report["quality"] = quality_report(rows, outcomes, gate, on_ungradable)
         if on_bad_image == "error" and (bad or unlisted):
             _stop_on_bad_input(report, bad, unlisted, len(rows), report_path)
-        kept = _without_bad_images(splits, bad)
+        # Bad images are left out (on_bad_image skip), and ungradable ones with on_ungradable skip.
+        ungradable = _skipped_ungradable(tmp, report["quality"], on_ungradable)
+        kept = _without_images(splits, {(b["split"], b["image"]) for b in bad}, ungradable)
         _write_tables(tmp, kept)
-        _write_stats(tmp, rows, outcomes, settings)
-    # Outside the set: the label balance, the report and one line for the terminal.
+        _write_stats(tmp, rows, outcomes, settings, left_out=ungradable, data_source=data_source)
+    return _finish(kept, report, out_dir=out_dir, balance_path=balance_path, report_path=report_path)
+
+
+def _finish(
+    kept: dict[str, pd.DataFrame], report: dict[str, Any], *, out_dir: str | os.PathLike[str],
+    balance_path: str | os.PathLike[str], report_path: Path | None,
+) -> dict[str, int]:
+    """Outside the set: the label balance, the report (if any) and one line for the terminal; the split sizes."""
     _write_label_balance(balance_path, kept)
     counts = {split: len(frame) for split, frame in kept.items()}
     if report_path is not None:
         write_json(report_path, {"status": "ok", **report, "splits": counts})
-    skipped = f", {len(bad)} bad image(s) left out" if bad else ""
-    print(f"processed {len(rows) - len(bad)} images into {out_dir} at {report['images_per_second']} images/s "
-          f"on {workers} worker(s): {counts}{skipped}")
+    print(f"processed {report['images_processed']} images into {out_dir} at {report['images_per_second']} images/s "
+          f"on {report['workers']} worker(s): {counts}{_left_out_note(report, report_path)}")
     return counts
+
+
+def _check_policies(on_bad_image: str, on_ungradable: str, gate: Gate | None) -> None:
+    """ValueError naming ``preprocess.on_bad_image`` or ``preprocess.on_ungradable`` when it is not one of its
+    choices, or when ``on_ungradable="skip"`` has no gate to judge the images."""
+    if on_bad_image not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"preprocess.on_bad_image must be one of {list(BAD_IMAGE_POLICIES)}, got {on_bad_image!r}")
+    if on_ungradable not in UNGRADABLE_POLICIES:
+        raise ValueError(f"preprocess.on_ungradable must be one of {list(UNGRADABLE_POLICIES)}, got "
+                         f"{on_ungradable!r}")
+    if on_ungradable == "skip" and gate is None:
+        raise ValueError("preprocess.on_ungradable: skip needs a gradability gate to judge the images (gate=...)")
+
+
+def quality_report(
+    rows: Sequence[Row], outcomes: Sequence[Processed], gate: Gate | None, on_ungradable: str
+) -> dict[str, Any]:
+    """The report's ``quality`` section: the gate's thresholds, the gradable and ungradable images per split, how
+    many images each kind of reason (its text before the colon) refuses, and every ungradable image with its
+    reasons. Images that could not be processed are not judged; without a gate, ``{"assessed": False}``."""
+    if gate is None:
+        return {"assessed": False}
+    counts = {verdict: dict.fromkeys(dict.fromkeys(split for split, _, _ in rows), 0)
+              for verdict in ("gradable", "ungradable")}
+    kinds: dict[str, int] = {}
+    listed = []
+    for (split, name, _), out in zip(rows, outcomes):
+        if out.gradable is None:
+            continue
+        counts["gradable" if out.gradable else "ungradable"][split] += 1
+        if not out.gradable:
+            for kind in dict.fromkeys(reason.split(":")[0] for reason in out.reasons):
+                kinds[kind] = kinds.get(kind, 0) + 1
+            listed.append({"image": name, "split": split, "reasons": list(out.reasons)})
+    return {
+        "assessed": True,
+        "on_ungradable": on_ungradable,
+        "thresholds": asdict(gate.thresholds),
+        "gradable_count": sum(counts["gradable"].values()),
+        "ungradable_count": len(listed),
+        **counts,
+        "reasons": dict(sorted(kinds.items(), key=lambda item: (-item[1], item[0]))),
+        "left_out": len(listed) if on_ungradable == "skip" else 0,
+        "ungradable_images": listed,
+    }
+
+
+def _skipped_ungradable(folder: Path, quality: dict[str, Any], on_ungradable: str) -> set[tuple[str, str]]:
+    """With ``on_ungradable="skip"``: the (split, image) of every ungradable image, its PNG removed from ``folder``;
+    with ``keep``, none."""
+    if on_ungradable != "skip":
+        return set()
+    skipped = {(item["split"], item["image"]) for item in quality["ungradable_images"]}
+    for split, name in skipped:
+        (folder / split / f"{name}.png").unlink(missing_ok=True)
+    return skipped
+
+
+def _left_out_note(report: dict[str, Any], report_path: Path | None) -> str:
+    """The end of the run's line: the bad images left out, and the ungradable images kept or left out."""
+    note = f", {report['bad_image_count']} bad image(s) left out" if report["bad_image_count"] else ""
+    quality = report["quality"]
+    if quality.get("ungradable_count"):
+        where = f"; listed under quality in {report_path}" if report_path is not None else ""
+        done = "left out" if quality["left_out"] else "kept"
+        note += (f", {quality['ungradable_count']} ungradable image(s) {done} "
+                 f"(preprocess.on_ungradable: {quality['on_ungradable']}{where})")
+    return note
 
 
 def _resolve_leaks_or_report(
@@ -482,9 +602,10 @@ def _image_rows(splits: dict[str, pd.DataFrame]) -> list[Row]:
 
 
 def _process_rows(
-    rows: Sequence[Row], folder: Path, splits: Sequence[str], settings: CropSettings, workers: int
+    rows: Sequence[Row], folder: Path, splits: Sequence[str], settings: CropSettings, workers: int,
+    gate: Gate | None = None,
 ) -> tuple[list[Processed], list[dict[str, Any]], float]:
-    """Each row's image processed into ``folder/<split>/<image>.png``.
+    """Each row's image processed into ``folder/<split>/<image>.png`` (and judged by ``gate``, where one is given).
 
     Returns:
         Each row's outcome; the report's entry (split, image, path, kind, message) of each image that could not
@@ -494,7 +615,7 @@ def _process_rows(
         (folder / split).mkdir(parents=True)
     start = time.perf_counter()
     outcomes = process_images([(src, folder / split / f"{name}.png") for split, name, src in rows], settings,
-                              workers=workers)
+                              workers=workers, gate=gate)
     seconds = time.perf_counter() - start
     bad = [
         {"split": split, "image": name, "path": str(src), "kind": out.kind, "message": out.message}
@@ -535,14 +656,18 @@ def _stop_on_bad_input(
     raise _bad_image_error(bad, unlisted, listed, report_path)
 
 
-def _without_bad_images(splits: dict[str, pd.DataFrame], bad: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
-    """Each split less its bad images; ValueError when that leaves train, val or test empty."""
-    dropped = {(b["split"], b["image"]) for b in bad}
+def _without_images(
+    splits: dict[str, pd.DataFrame], bad: set[tuple[str, str]], ungradable: set[tuple[str, str]]
+) -> dict[str, pd.DataFrame]:
+    """Each split less its bad and its left-out ungradable images, each a (split, image) pair; ValueError when that
+    leaves train, val or test empty."""
+    dropped = bad | ungradable
     kept = {split: frame[[(split, name) not in dropped for name in frame["image"]]].reset_index(drop=True)
             for split, frame in splits.items()}
     empty = [split for split in ("train", "val", "test") if kept[split].empty]
     if empty:
-        raise ValueError(f"no images left in split(s) {empty} after leaving out {len(bad)} bad image(s)")
+        raise ValueError(f"no images left in split(s) {empty} after leaving out {len(bad)} bad image(s) and "
+                         f"{len(ungradable)} ungradable image(s) (preprocess.on_ungradable: skip)")
     return kept
 
 
@@ -558,13 +683,17 @@ def _write_label_balance(path: str | os.PathLike[str], splits: dict[str, pd.Data
     write_json(path, {split: label_balance(frame["level"]) for split, frame in splits.items() if split != "unlabeled"})
 
 
-def _write_stats(folder: Path, rows: Sequence[Row], outcomes: Sequence[Processed], settings: CropSettings) -> None:
-    """``stats.json`` in ``folder``: the processed training images' channel mean and std, and the crop settings."""
-    train = [out for (split, _, _), out in zip(rows, outcomes) if split == "train" and out.kind is None]
+def _write_stats(
+    folder: Path, rows: Sequence[Row], outcomes: Sequence[Processed], settings: CropSettings, *,
+    left_out: set[tuple[str, str]], data_source: dict[str, Any] | None,
+) -> None:
+    """``stats.json`` in ``folder``: the kept training images' channel mean and std, the crop settings, and where the
+    images came from (``data_source``, None where unknown)."""
+    train = [out for (split, name, _), out in zip(rows, outcomes)
+             if split == "train" and out.kind is None and (split, name) not in left_out]
     mean, std = _channel_stats(np.sum([out.sums for out in train], axis=0), sum(out.pixels for out in train))
-    (folder / "stats.json").write_text(
-        json.dumps({"mean": mean, "std": std, "size": settings.size, "crop": settings.to_record()}, indent=2) + "\n"
-    )
+    stats = {"mean": mean, "std": std, "size": settings.size, "crop": settings.to_record(), "data_source": data_source}
+    (folder / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
 
 
 def _channel_stats(sums: np.ndarray, pixels: int) -> tuple[list[float], list[float]]:

@@ -13,22 +13,24 @@ module measures what a grader looks at, on the decoded frame and its field of vi
   their contrast), relative to the field of view's brightness, at a fixed scale of the field of view;
 - **coverage**: how much of the circle is in the frame and usable (neither too dark nor washed out).
 
-Each threshold is a field of :class:`QualityThresholds`; their defaults and the measurements behind them
-are in docs/quality.md (``python benchmarks/quality_gate.py`` remeasures them). What the gate cannot know:
-it measures the image, not the disease. An image can pass every check and still hide a lesion a
-grader would want a better photograph of (a cataract's haze lowers focus only so far, a small pupil
-darkens only the rim), and a fundus photograph of another colour (an infrared or red-free image)
-fails the colour check although a grader could read it.
+Each threshold is a field of :class:`QualityThresholds` (:mod:`retinopathy.settings`: the ``quality`` section of
+params.yaml); their defaults and the measurements behind them are in docs/quality.md
+(``python benchmarks/quality_gate.py`` remeasures them). What the gate cannot know: it measures the image, not the
+disease. An image can pass every check and still hide a lesion a grader would want a better photograph of (a
+cataract's haze lowers focus only so far, a small pupil darkens only the rim), and a fundus photograph of another
+colour (an infrared or red-free image) fails the colour check although a grader could read it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from retinopathy.fundus import FieldOfView, find_fov
+from retinopathy.settings import QualityThresholds  # the params' ``quality`` section, the gate's limits
 
 # Measurements are taken with the field of view resampled to this diameter (pixels): focus is then
 # measured at one scale whatever the camera's resolution; 256 px keeps the main vessels 2-5 px wide.
@@ -53,33 +55,10 @@ MIN_COLOUR_SHARE = 0.05
 # looked at again at this brightness: an underexposed fundus still shows its disc above it, and is then
 # called underexposed rather than not a fundus.
 LOW_FOV_THRESHOLD = 4
-
-
-@dataclass(frozen=True)
-class QualityThresholds:
-    """The gate's limits; a photograph is ungradable when any measurement is beyond its limit."""
-
-    min_frame_share: float = 0.3  # the circle's area inside the frame, as a share of the frame
-    min_retina_colour_share: float = 0.9  # usable pixels of a retina's colour (see RETINA_GREEN_OVER_RED)
-    dark_level: int = 25  # luminance (0-255) at or below which a pixel is too dark
-    bright_level: int = 215  # luminance (0-255) at or above which a pixel is washed out
-    max_dark_share: float = 0.5  # share of the field of view too dark
-    max_bright_share: float = 0.25  # share washed out
-    max_clipped_share: float = 0.7  # share whose red channel is clipped (>= 250): the choroid's detail is gone
-    min_focus: float = 0.04  # band-pass energy / mean brightness (see :func:`focus_energy`)
-    min_coverage: float = 0.7  # share of the whole circle that is in the frame and neither too dark nor washed out
-
-    def __post_init__(self) -> None:
-        for name in ("min_frame_share", "min_retina_colour_share", "max_dark_share", "max_bright_share",
-                     "max_clipped_share", "min_coverage"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"quality threshold {name} must lie in [0, 1], got {value}")
-        if not 0 <= self.dark_level < self.bright_level <= 255:
-            raise ValueError(f"quality thresholds need 0 <= dark_level < bright_level <= 255, got "
-                             f"{self.dark_level} and {self.bright_level}")
-        if self.min_focus < 0:
-            raise ValueError(f"quality threshold min_focus must be at least 0, got {self.min_focus}")
+# Analysis pixels kept around the circle's bounding box: the reach of the focus band-pass's wider blur (PIL's
+# Gaussian blur is three box passes, of 4 px each at sigma 4), so that inside the circle it sees what it would see
+# on the whole frame.
+BLUR_MARGIN = 12
 
 
 @dataclass(frozen=True)
@@ -97,36 +76,48 @@ class Quality:
         return "; ".join(self.reasons)
 
 
-def _analysis_frame(image: Image.Image, fov: FieldOfView) -> tuple[np.ndarray, FieldOfView]:
-    """The frame resampled so the circle is :data:`ANALYSIS_DIAMETER` wide (RGB float array), and the circle there."""
+def _analysis_frame(image: Image.Image, fov: FieldOfView) -> tuple[Image.Image, FieldOfView]:
+    """The circle's part of the frame resampled so the circle is :data:`ANALYSIS_DIAMETER` wide (RGB), and the circle
+    there.
+
+    The part is the bounding box of the circle less its rim (:data:`RIM_MARGIN`, where no measurement looks) and
+    :data:`BLUR_MARGIN` pixels around it, within the frame: its pixels are those of the whole frame resampled to that
+    scale (the same source pixels and filter weights), without the cost of the border.
+    """
     # Never enlarged more than MAX_UPSCALE: a tiny bright spot taken for a circle would make a huge frame.
     scale = min(ANALYSIS_DIAMETER / max(2.0 * fov.radius, 1.0), MAX_UPSCALE)
     width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    small = image.convert("RGB").resize((width, height), Image.Resampling.BOX if scale < 1 else
-                                        Image.Resampling.BILINEAR)
-    return (np.asarray(small, dtype=np.float32),
-            FieldOfView(cx=fov.cx * width / image.width, cy=fov.cy * height / image.height,
-                        radius=fov.radius * width / image.width))
+    step_x, step_y = image.width / width, image.height / height  # frame pixels per analysis pixel
+    cx, cy, radius = fov.cx / step_x, fov.cy / step_y, fov.radius / step_x
+    reach = radius * (1.0 - RIM_MARGIN)
+    x0 = min(max(0, math.floor(cx - reach) - BLUR_MARGIN), width - 1)
+    y0 = min(max(0, math.floor(cy - reach) - BLUR_MARGIN), height - 1)
+    x1 = max(min(width, math.ceil(cx + reach) + BLUR_MARGIN), x0 + 1)
+    y1 = max(min(height, math.ceil(cy + reach) + BLUR_MARGIN), y0 + 1)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    part = rgb.resize((x1 - x0, y1 - y0), Image.Resampling.BOX if scale < 1 else Image.Resampling.BILINEAR,
+                      box=(x0 * step_x, y0 * step_y, x1 * step_x, y1 * step_y))
+    return part, FieldOfView(cx=cx - x0, cy=cy - y0, radius=radius)
 
 
 def _disc(shape: tuple[int, int], fov: FieldOfView, shrink: float = 0.0) -> np.ndarray:
     """Pixels of a (height, width) frame inside the circle, its radius reduced by ``shrink`` of itself."""
-    ys, xs = np.mgrid[: shape[0], : shape[1]]
+    ys, xs = np.ogrid[: shape[0], : shape[1]]
     return (xs + 0.5 - fov.cx) ** 2 + (ys + 0.5 - fov.cy) ** 2 <= (fov.radius * (1.0 - shrink)) ** 2
 
 
-def focus_energy(green: np.ndarray, inner: np.ndarray) -> float:
+def focus_energy(green: Image.Image, inner: np.ndarray) -> float:
     """Vessel-scale detail: the standard deviation of a band-pass (difference of Gaussians, :data:`FOCUS_SIGMAS`)
-    of the green channel inside ``inner``, over the mean green level there.
+    of the green channel (an 8-bit image) inside ``inner``, over the mean green level there.
 
     A sharp fundus photograph has vessels and lesions at this scale; defocus, a cataract's haze or motion blur
     remove it first. Dividing by the brightness makes it independent of exposure and camera gain.
     """
-    image = Image.fromarray(np.clip(green, 0, 255).astype(np.uint8))
-    fine, coarse = (np.asarray(image.filter(ImageFilter.GaussianBlur(s)), dtype=np.float32) for s in FOCUS_SIGMAS)
-    band = (fine - coarse)[inner]
-    level = float(green[inner].mean()) if inner.any() else 0.0
-    return float(band.std() / level) if level > 0 and band.size else 0.0
+    if not inner.any():
+        return 0.0
+    fine, coarse = (np.asarray(green.filter(ImageFilter.GaussianBlur(s)), dtype=np.int16)[inner] for s in FOCUS_SIGMAS)
+    level = float(np.asarray(green)[inner].mean())
+    return float((fine - coarse).std() / level) if level > 0 else 0.0
 
 
 def frame_share(fov: FieldOfView, width: int, height: int) -> float:
@@ -145,32 +136,35 @@ def measure(image: Image.Image, fov: FieldOfView, thresholds: QualityThresholds)
     share = frame_share(fov, image.width, image.height)
     if share < thresholds.min_frame_share:
         return {"frame_share": share}
-    arr, circle = _analysis_frame(image, fov)
-    height, width = arr.shape[:2]
-    inner = _disc((height, width), circle, RIM_MARGIN)
-    disc_area = np.pi * circle.radius**2
-    red, green, blue = arr[..., 0], arr[..., 1], arr[..., 2]
+    part, circle = _analysis_frame(image, fov)
+    arr = np.asarray(part)
+    inner = _disc(arr.shape[:2], circle, RIM_MARGIN)
+    # Per pixel of the inner disc only (every share below is of it); 8-bit channels widened for the products.
+    red, green, blue = (arr[..., channel][inner].astype(np.float32) for channel in range(3))
     luminance = 0.299 * red + 0.587 * green + 0.114 * blue
     dark = luminance <= thresholds.dark_level
     bright = luminance >= thresholds.bright_level
-    usable = inner & ~dark & ~bright
+    usable = ~dark & ~bright
+    n_usable = int(np.count_nonzero(usable))
     # Colour from the usable pixels only: clipping (washed out) and noise (too dark) shift it.
-    totals = arr[usable].sum(axis=0) if usable.any() else np.zeros(3)
+    totals = np.array([float(channel[usable].sum()) for channel in (red, green, blue)]) if n_usable else np.zeros(3)
     retina_coloured = usable & (green < RETINA_GREEN_OVER_RED * red) & (blue < RETINA_BLUE_OVER_RED * red)
     channel_sum = float(totals.sum()) or 1.0
-    n_inner = max(int(inner.sum()), 1)
+    n_inner = max(red.size, 1)
+    usable_frame = np.zeros(inner.shape, dtype=bool)
+    usable_frame[inner] = usable
     return {
         "frame_share": share,
-        "usable_share": float(usable.sum() / n_inner),
+        "usable_share": n_usable / n_inner,
         "red_share": float(totals[0] / channel_sum),
         "blue_share": float(totals[2] / channel_sum),
-        "retina_colour_share": float(retina_coloured.sum() / max(int(usable.sum()), 1)),
-        "dark_share": float((dark & inner).sum() / n_inner),
-        "bright_share": float((bright & inner).sum() / n_inner),
-        "clipped_share": float(((red >= 250) & inner).sum() / n_inner),
-        "focus": focus_energy(green, usable) if usable.any() else 0.0,
+        "retina_colour_share": int(np.count_nonzero(retina_coloured)) / max(n_usable, 1),
+        "dark_share": int(np.count_nonzero(dark)) / n_inner,
+        "bright_share": int(np.count_nonzero(bright)) / n_inner,
+        "clipped_share": int(np.count_nonzero(red >= 250)) / n_inner,
+        "focus": focus_energy(part.getchannel("G"), usable_frame),
         # The usable share of the whole circle, whether or not the frame cuts it.
-        "coverage": float(min(1.0, usable.sum() / (disc_area * (1.0 - RIM_MARGIN) ** 2))),
+        "coverage": float(min(1.0, n_usable / (np.pi * circle.radius**2 * (1.0 - RIM_MARGIN) ** 2))),
     }
 
 
@@ -236,3 +230,15 @@ def assess(image: Image.Image, *, fov_threshold: int = 20, thresholds: QualityTh
         # Its field of view is only found below the crop's threshold: the preprocessing cannot crop it either.
         return Quality(False, dim.reasons, dim.measures, fundus=True, fov_found=quality.fov_found)
     return quality
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """:func:`assess` with fixed thresholds, on a frame whose field of view is already found: the gate the preprocess
+    stage runs on every image as decoded for its crop (a picklable callable, for its worker processes)."""
+
+    thresholds: QualityThresholds = field(default_factory=QualityThresholds)
+
+    def __call__(self, image: Image.Image, fov: FieldOfView) -> Quality:
+        """The verdict on ``image`` (RGB) with its field of view ``fov``."""
+        return assess(image, fov=fov, thresholds=self.thresholds)

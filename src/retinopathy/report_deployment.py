@@ -129,7 +129,8 @@ def calibration_lines(evals: dict[str, list[dict]]) -> list[str]:
             lines.append(f"| {describe(variant)} ({m['seed']}) | " + " | ".join(cells) + " |")
     lines += [
         "", "![reliability diagrams](figures/calibration.png)", "",
-        f"Referral: the least confident images ({first['referral']['confidence']}) go to a human grader; each cell "
+        f"Referral ({first['referral']['confidence']}), as a screening service sends its least sure cases to a "
+        "human grader; each cell "
         "gives the kept images' QWK / accuracy / referable sensitivity / specificity (referable called at "
         f"P(grade >= 2) >= {first['referral'].get('referable_threshold', 0.5):g}).",
         "",
@@ -142,7 +143,30 @@ def calibration_lines(evals: dict[str, list[dict]]) -> list[str]:
             for name, record in sets:
                 lines.append(f"| {describe(variant)} ({m['seed']}) | {name} | "
                              + " | ".join(_referral_cells(record["referral"]["curve"])) + " |")
-    return [*lines, "", "![referral curves](figures/referral.png)"]
+    return [*lines, "", "![referral curves](figures/referral.png)", *_temperature_lines(evals)]
+
+
+def _temperature_lines(evals: dict[str, list[dict]]) -> list[str]:
+    """Temperature scaling fitted on validation: its effect on ECE and referable AUC (reported, not applied)."""
+    fitted = [(variant, m) for variant, runs in evals.items() for m in runs
+              if m.get("temperature_scaling", {}).get("fitted")]
+    if not fitted:
+        return []
+    sets = [name for name in ("test", "external") if name in fitted[0][1]["temperature_scaling"]]
+    header = " | ".join(f"{n} ECE | {n} referable AUC" for n in sets)
+    lines = ["", "Temperature scaling (Guo et al. 2017), one temperature fitted on validation by negative "
+             "log-likelihood and reported only (the grades above are unscaled; under argmax grading it changes no "
+             "grade, so QWK stays as it is): ECE and referable AUC before -> after.", "",
+             f"| variant (seed) | temperature | {header} |", "|---|---|" + "---|---|" * len(sets)]
+    for variant, m in fitted:
+        t = m["temperature_scaling"]
+        cells = []
+        for name in sets:
+            before, after = t[name]["before"], t[name]["after"]
+            cells += [f"{_ci(before['ece'])} -> {_ci(after['ece'])}",
+                      f"{before['referable_auc']:.3f} -> {after['referable_auc']:.3f}"]
+        lines.append(f"| {describe(variant)} ({m['seed']}) | {t['temperature']:.2f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def gate_lines(gate: dict[str, Any] | None, preprocess: dict[str, Any] | None) -> list[str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from retinopathy.params import check_fields, setting
+from retinopathy.params import ParamsError, check_fields, setting
 
 # The allowed values of the keys that name a choice.
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -25,13 +25,16 @@ HEADS = ("classification", "regression")
 DECODINGS = ("argmax", "expected")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DATA_SOURCES = ("synthetic", "course", "kaggle", "aptos")
+# The labelled sets an external evaluation reads (retinopathy.external), all graded on the ICDR 0-4 scale.
+EXTERNAL_SOURCES = ("course", "kaggle", "aptos", "idrid", "messidor2")
 LEAK_POLICIES = ("error", "warn", "resplit")
 BAD_IMAGE_POLICIES = ("error", "skip")
+UNGRADABLE_POLICIES = ("keep", "skip")
 PRETRAIN_SOURCES = ("selfsup", "imagenet")
 PRETRAIN_METHODS = ("simclr", "rotation")
 TTA = ("none", "flips")
 # The sections below the top level, in params.yaml's order.
-SECTIONS = ("synthetic", "data", "preprocess", "pretrain", "evaluate", "compare", "plot")
+SECTIONS = ("synthetic", "data", "preprocess", "quality", "pretrain", "evaluate", "external", "compare", "plot")
 
 _POSITIVE = (lambda v: v > 0, "positive")
 _AT_LEAST_ONE = (lambda v: v >= 1, "at least 1")
@@ -90,6 +93,9 @@ class SyntheticSpec:
     train_patients: int = setting(500, rule=_AT_LEAST_ONE)
     test_patients: int = setting(150, rule=_AT_LEAST_ONE)
     unlabeled_patients: int = setting(150, rule=_NOT_NEGATIVE)
+    # The external site's patients (test only, another camera; retinopathy.sites) and the gradability set's images.
+    external_patients: int = setting(150, rule=_AT_LEAST_ONE)
+    quality_images: int = setting(240, rule=(lambda v: v >= 2, "at least 2"))
     min_size: int = setting(192, rule=_AT_LEAST_ONE)
     max_size: int = setting(320, rule=_AT_LEAST_ONE)
     jpeg_quality_min: int = setting(70, rule=(lambda v: 1 <= v <= 100, "in 1..100"))
@@ -130,9 +136,45 @@ class PreprocessSettings:
     graham_sigma: float = setting(0.0333, rule=_POSITIVE)
     workers: int = setting(0, rule=_NOT_NEGATIVE)
     on_bad_image: str = setting("error", choices=BAD_IMAGE_POLICIES)
+    # A photograph the gradability gate calls ungradable: kept (the Kaggle and course labels grade such images) or
+    # left out of every split; listed in the report either way.
+    on_ungradable: str = setting("keep", choices=UNGRADABLE_POLICIES)
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+
+_UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
+_LEVEL = (lambda v: 0 <= v <= 255, "in 0..255")
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """The ``quality`` section: the gradability gate's limits (:mod:`retinopathy.quality`); a photograph is ungradable
+    when any measurement is beyond its limit. docs/quality.md gives the measurements behind each default.
+
+    Raises:
+        ParamsError: naming the key of a share outside [0, 1], a level outside 0..255, a negative ``min_focus``,
+            or a ``dark_level`` not below ``bright_level``.
+    """
+
+    SECTION: ClassVar[str | None] = "quality"
+
+    min_frame_share: float = setting(0.3, rule=_UNIT)  # the circle's area inside the frame, as a share of the frame
+    min_retina_colour_share: float = setting(0.9, rule=_UNIT)  # usable pixels of a retina's colour
+    dark_level: int = setting(25, rule=_LEVEL)  # luminance (0-255) at or below which a pixel is too dark
+    bright_level: int = setting(215, rule=_LEVEL)  # luminance (0-255) at or above which a pixel is washed out
+    max_dark_share: float = setting(0.5, rule=_UNIT)  # share of the field of view too dark
+    max_bright_share: float = setting(0.25, rule=_UNIT)  # share washed out
+    max_clipped_share: float = setting(0.7, rule=_UNIT)  # share whose red channel is clipped (>= 250)
+    min_focus: float = setting(0.04, rule=_NOT_NEGATIVE)  # band-pass energy / mean brightness (quality.focus_energy)
+    min_coverage: float = setting(0.7, rule=_UNIT)  # share of the whole circle in the frame and usable
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.dark_level < self.bright_level:
+            raise ParamsError(f"params.yaml: key 'quality.dark_level' ({self.dark_level}) must be below "
+                              f"'quality.bright_level' ({self.bright_level})")
 
 
 @dataclass(frozen=True)
@@ -175,6 +217,19 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class ExternalSettings:
+    """The ``external`` section: the labelled set of another site that every evaluate stage scores too."""
+
+    SECTION: ClassVar[str | None] = "external"
+
+    source: str = setting("kaggle", choices=("none", *EXTERNAL_SOURCES))  # none: no external evaluation
+    root: str = setting("data/external")  # the embedded external site (synthesize stage), in the Kaggle layout
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
 class CompareSettings:
     """The ``compare`` section: the paired bootstrap behind every difference between variants."""
 
@@ -200,5 +255,5 @@ class PlotSettings:
         check_fields(self)
 
 
-ALL = (TrainConfig, SyntheticSpec, DataSettings, PreprocessSettings, PretrainSettings, EvalSettings, CompareSettings,
-       PlotSettings)
+ALL = (TrainConfig, SyntheticSpec, DataSettings, PreprocessSettings, QualityThresholds, PretrainSettings, EvalSettings,
+       ExternalSettings, CompareSettings, PlotSettings)

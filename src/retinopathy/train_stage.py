@@ -54,6 +54,13 @@ def processed_crop(data_dir: str | os.PathLike[str]) -> dict:
     return stats["crop"]
 
 
+def processed_data_source(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Where the processed set's images came from (``data_source`` in its stats.json: ``source`` is ``data.source``),
+    or None for a set whose stats.json does not say."""
+    record = read_stats(data_dir).get("data_source")
+    return dict(record) if isinstance(record, dict) else None
+
+
 def _in_git_but_not_dvc(start: Path) -> Path | None:
     """The git repository above ``start`` when no DVC repository is, else None."""
     for folder in (start, *start.parents):
@@ -106,6 +113,7 @@ class _Run:
     resume: ResumeCheckpoint | None
     crop: dict
     decoder: Decoder
+    data_source: dict[str, Any] | None
 
 
 def _start_model(
@@ -195,7 +203,7 @@ def _prepare(
     resume = None if resume_path is None else _resume_checkpoint(
         resume_path, arch, pretrained, config, device, world, datasets, data_dir, init_files)
     return _Run(model=model, start=start, datasets=datasets, loaders=loaders, resume=resume, crop=crop,
-                decoder=decoder)
+                decoder=decoder, data_source=processed_data_source(data_dir))
 
 
 def _refit_and_decode(
@@ -266,7 +274,7 @@ def _save_model(
     state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
              for k, v in run.model.state_dict().items()}
     meta = model_metadata(arch, mean=mean, std=std, crop=run.crop, precision=config.precision,
-                          data_fingerprint=data_fingerprint(data_dir), decoder=decoder)
+                          data_fingerprint=data_fingerprint(data_dir), decoder=decoder, data_source=run.data_source)
     save_checkpoint(
         path,
         {**meta, "arch": arch, "pretrained": pretrained, "state_dict": state, "mean": mean, "std": std,
