@@ -194,8 +194,12 @@ def gate_lines(gate: dict[str, Any] | None, preprocess: dict[str, Any] | None) -
 
 def _preprocess_quality(quality: dict[str, Any]) -> str:
     """One sentence on the gate's verdicts on the images the pipeline trained and tested on."""
-    ungradable = quality.get("ungradable", 0)
-    total = quality.get("images", ungradable + quality.get("gradable", 0))
+    def count(key: str) -> int:  # a total, or counts per split
+        value = quality.get(key, 0)
+        return int(sum(value.values()) if isinstance(value, dict) else value)
+
+    ungradable = count("ungradable")
+    total = ungradable + count("gradable")
     policy = quality.get("on_ungradable", "keep")
     return (f"Of the {total} images preprocessing cropped, the gate called {ungradable} ungradable "
             f"(`preprocess.on_ungradable: {policy}`: {'kept' if policy == 'keep' else 'left out'}).")
