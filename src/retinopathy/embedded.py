@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,13 @@ def _render_one(job: tuple[int, int, str, int, SyntheticSpec, str]) -> None:
     image.save(Path(out_dir) / f"{name}.jpeg", quality=quality)
 
 
+def render_all(render: Callable[[Any], None], jobs: list, workers: int, desc: str, *, chunksize: int = 8) -> None:
+    """``render`` over ``jobs`` on ``workers`` processes (0: every core), with a progress bar; each job renders and
+    saves one photograph with generators of its own, so the result does not depend on the order."""
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        list(tqdm(pool.map(render, jobs, chunksize=chunksize), total=len(jobs), desc=desc, unit="img"))
+
+
 def write_synthetic_set(root: str | os.PathLike[str], spec: SyntheticSpec, *, workers: int = 0) -> pd.DataFrame:
     """Render the whole set into ``root`` (replaced atomically) and return its table (image, level, split)."""
     if spec.min_size > spec.max_size:
@@ -59,7 +67,6 @@ def write_synthetic_set(root: str | os.PathLike[str], spec: SyntheticSpec, *, wo
                              "split": split, "pool_grade": -1 if labelled else int(grade)})
             patient += 1
     table = pd.DataFrame(rows)
-    workers = workers or os.cpu_count() or 1
     # An earlier set is replaced; a folder holding other files is refused (retinopathy.utils.atomic_path).
     with atomic_path(root, replace_dir=True) as tmp:
         tmp.mkdir()
@@ -67,8 +74,7 @@ def write_synthetic_set(root: str | os.PathLike[str], spec: SyntheticSpec, *, wo
             (spec.seed, index, row.image, int(row.level if row.level >= 0 else row.pool_grade), spec, str(tmp))
             for index, row in enumerate(table.itertuples())
         ]
-        with ProcessPoolExecutor(max_workers=workers) as pool_exec:
-            list(tqdm(pool_exec.map(_render_one, jobs, chunksize=16), total=len(jobs), desc="synthesize", unit="img"))
+        render_all(_render_one, jobs, workers, "synthesize", chunksize=16)
         for split in ("train", "test"):
             part = table[table["split"] == split]
             part[["image"]].to_csv(tmp / f"{split}_img.csv", header=False, index=False)

@@ -24,10 +24,10 @@ from retinopathy.calibration import calibration_record, referral_record, tempera
 from retinopathy.data import build_transform, class_weights, make_loader, patient_of, processed_dataset
 from retinopathy.decoding import Decoder, PatientBlend
 from retinopathy.external import (
-    ExternalSetError,
+    ScoredSet,
     predictions_table,
     read_external,
-    score_photographs,
+    score_set,
     site_metrics,
 )
 from retinopathy.inference import load_model, model_decoder, predict
@@ -247,7 +247,7 @@ def evaluate_variant(
     if external.source != "none":
         metrics["external"], site = score_external_site(model, meta, decoder, external, metrics["referable"],
                                                         settings, dev, resolved)
-        write_csv(external_predictions_out, predictions_table(*site))
+        write_csv(external_predictions_out, site.table())
     metrics["temperature_scaling"] = _temperature_scaling(decoder, settings, val.labels, val_probs, test, probs, site)
     write_csv(predictions_out, _predictions_frame(test, preds, probs))
     metrics["seconds"] = round(time.perf_counter() - started, 1)  # the stage's wall time, model loading included
@@ -306,7 +306,7 @@ def _test_metrics(
 
 
 def _temperature_scaling(decoder: Decoder, settings: EvalSettings, val_labels: np.ndarray, val_probs: np.ndarray,
-                         test: Split, test_probs: np.ndarray, site: tuple | None) -> dict[str, Any]:
+                         test: Split, test_probs: np.ndarray, site: ScoredSet | None) -> dict[str, Any]:
     """What a temperature fitted on validation would do to test's (and the site's) calibration, QWK and referable
     AUC (:func:`retinopathy.calibration.temperature_scaling_record`); reported, never applied to the grades above.
     Only for argmax grading of a classification head without the blend, where scaling cannot change a grade."""
@@ -314,8 +314,7 @@ def _temperature_scaling(decoder: Decoder, settings: EvalSettings, val_labels: n
         return {"fitted": False, "reason": "only for argmax grading of a classification head, without the blend"}
     sets = {"test": (test.labels, test_probs, np.asarray(test.patients))}
     if site is not None:
-        _, patients, labels, _, probs = site
-        sets["external"] = (labels, probs, patients)
+        sets["external"] = (site.labels, site.probs, site.patients)
     boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
     return {"fitted": True, **temperature_scaling_record(val_labels, val_probs, sets, **boot)}
 
@@ -323,9 +322,8 @@ def _temperature_scaling(decoder: Decoder, settings: EvalSettings, val_labels: n
 def score_external_site(
     model: Any, meta: dict[str, Any], decoder: Decoder, external: ExternalSettings, referable: dict[str, Any],
     settings: EvalSettings, device: Any, precision: str,
-) -> tuple[dict[str, Any], tuple[np.ndarray, ...]]:
-    """The external site's metrics (:func:`retinopathy.external.site_metrics`) and its predictions: images,
-    patients, grades, predicted grades and p0..p4 (the columns of :func:`retinopathy.external.predictions_table`).
+) -> tuple[dict[str, Any], ScoredSet]:
+    """The external site's metrics (:func:`retinopathy.external.site_metrics`) and its predictions.
 
     Its photographs are cropped as the model's training set was and graded by the model's own decoding, each eye
     alone and without TTA; the referable operating points are the thresholds chosen on in-domain validation
@@ -335,25 +333,18 @@ def score_external_site(
         ValueError: a photograph of the site could not be cropped (all named), or its label table is bad.
     """
     started = time.perf_counter()
-    data = read_external(external.source, external.root)
-    kept, raw, failed = score_photographs(model, meta, decoder.head, data.frame["path"], device, precision,
-                                          settings.batch_size)
-    if failed:
-        raise ExternalSetError(f"{len(failed)} photograph(s) of the external site under {data.root} could not be "
-                               "cropped:\n  " + "\n  ".join(failed))
-    graded = data.frame.iloc[kept].reset_index(drop=True)
-    probs, preds = decoder.probabilities(raw), decoder.grades(raw)
-    labels, patients = graded["level"].to_numpy(), graded["patient"].to_numpy()
+    scored = score_set(model, meta, decoder, read_external(external.source, external.root), device, precision,
+                       settings.batch_size, hint="the external site")
     points = {name: point["threshold"] for name, point in referable["operating_points"].items() if "threshold" in point}
-    record = site_metrics(labels, preds, probs, patients, resamples=settings.bootstrap_resamples,
-                          confidence=settings.confidence, seed=settings.bootstrap_seed, operating_points=points)
+    record = site_metrics(scored.labels, scored.preds, scored.probs, scored.patients,
+                          resamples=settings.bootstrap_resamples, confidence=settings.confidence,
+                          seed=settings.bootstrap_seed, operating_points=points)
     record["site"] = {
-        "source": data.source, "root": str(data.root), "images": int(len(graded)),
-        "patients": int(len(set(patients))), "patients_formed": data.patients, "left_out": data.left_out,
+        **scored.record,
         "grading": "the model's decoding, each eye alone, no TTA; operating points from in-domain validation",
         "seconds": round(time.perf_counter() - started, 1),
     }
-    return record, (graded["image"].to_numpy(), patients, labels, preds, probs)
+    return record, scored
 
 
 def _predictions_frame(test: Split, preds: np.ndarray, probs: np.ndarray) -> pd.DataFrame:

@@ -272,25 +272,54 @@ def evaluate_external(
         print(warning, file=sys.stderr)
     decoder = model_decoder(meta)
     precision, _ = grading_precision(meta, dev, model_path=model_path)
-    kept, raw, failed = score_photographs(model, meta, decoder.head, data.frame["path"], dev, precision, batch_size)
-    if failed and not skip_bad_images:
-        raise ExternalSetError(f"{len(failed)} photograph(s) under {data.root} could not be cropped (nothing was "
-                               "written; --skip-bad-images leaves them out):\n  " + "\n  ".join(failed))
-    if not kept:
-        raise ExternalSetError(f"no photograph under {data.root} could be scored (nothing was written)")
-    graded = data.frame.iloc[kept].reset_index(drop=True)
-    probs, preds = decoder.probabilities(raw), decoder.grades(raw)
-    labels, patients = graded["level"].to_numpy(), graded["patient"].to_numpy()
-    metrics = site_metrics(labels, preds, probs, patients, resamples=resamples)
-    metrics["external"] = {
-        "source": data.source, "root": str(data.root), "images": int(len(graded)),
-        "patients": int(len(set(patients))), "patients_formed": data.patients, "left_out": {
-            **data.left_out, **({"could not be cropped": len(failed)} if failed else {})},
-        "model": str(model_path), "precision": precision, "seconds": round(time.perf_counter() - started, 1),
-    }
-    write_csv(predictions, predictions_table(graded["image"], patients, labels, preds, probs))
+    scored = score_set(model, meta, decoder, data, dev, precision, batch_size, skip_bad_images=skip_bad_images,
+                       hint="nothing was written; --skip-bad-images leaves them out")
+    metrics = site_metrics(scored.labels, scored.preds, scored.probs, scored.patients, resamples=resamples)
+    metrics["external"] = {**scored.record, "model": str(model_path), "precision": precision,
+                           "seconds": round(time.perf_counter() - started, 1)}
+    write_csv(predictions, scored.table())
     write_json(out, metrics)
     return metrics
+
+
+@dataclass
+class ScoredSet:
+    """A labelled set's photographs as a model graded them: one entry per photograph it could crop."""
+
+    images: np.ndarray
+    patients: np.ndarray
+    labels: np.ndarray
+    preds: np.ndarray
+    probs: np.ndarray  # p0..p4
+    record: dict[str, Any]  # what was scored: source, root, images, patients, how patients were formed, left out
+
+    def table(self) -> pd.DataFrame:
+        """The predictions CSV's rows (:func:`predictions_table`)."""
+        return predictions_table(self.images, self.patients, self.labels, self.preds, self.probs)
+
+
+def score_set(model: Any, meta: dict[str, Any], decoder: Any, data: ExternalSet, device: Any, precision: str,
+              batch_size: int, *, skip_bad_images: bool = False, hint: str = "") -> ScoredSet:
+    """Every photograph of ``data`` cropped as the model's training set was (:func:`score_photographs`) and graded by
+    ``decoder``.
+
+    Raises:
+        ExternalSetError: photographs that could not be cropped, all named (with ``hint``), unless
+            ``skip_bad_images``, which leaves them out and counts them; no photograph left to score.
+    """
+    kept, raw, failed = score_photographs(model, meta, decoder.head, data.frame["path"], device, precision, batch_size)
+    if failed and not skip_bad_images:
+        raise ExternalSetError(f"{len(failed)} photograph(s) under {data.root} could not be cropped"
+                               f"{f' ({hint})' if hint else ''}:\n  " + "\n  ".join(failed))
+    if not kept:
+        raise ExternalSetError(f"no photograph under {data.root} could be scored{f' ({hint})' if hint else ''}")
+    graded = data.frame.iloc[kept].reset_index(drop=True)
+    patients = graded["patient"].to_numpy()
+    record = {"source": data.source, "root": str(data.root), "images": int(len(graded)),
+              "patients": int(len(set(patients))), "patients_formed": data.patients,
+              "left_out": {**data.left_out, **({"could not be cropped": len(failed)} if failed else {})}}
+    return ScoredSet(graded["image"].to_numpy(), patients, graded["level"].to_numpy(), decoder.grades(raw),
+                     decoder.probabilities(raw), record)
 
 
 def score_photographs(model: Any, meta: dict[str, Any], head: str, paths: pd.Series, device: Any, precision: str,

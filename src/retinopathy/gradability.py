@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
+from retinopathy.images import open_rgb
 from retinopathy.quality import QualityThresholds, assess
 from retinopathy.statistics import proportion_interval
 from retinopathy.utils import write_csv, write_json
@@ -83,8 +83,8 @@ def evaluate_gate(root: str | os.PathLike[str], *, thresholds: QualityThresholds
     table = read_quality_set(root)
     verdicts = []
     for path in tqdm(table["path"], desc="quality gate", unit="img", dynamic_ncols=True):
-        with Image.open(path) as image:
-            verdicts.append(assess(image.convert("RGB"), fov_threshold=fov_threshold, thresholds=thresholds))
+        # Decoded as `retinopathy predict` decodes a photograph before its gate judges it.
+        verdicts.append(assess(open_rgb(path)[0], fov_threshold=fov_threshold, thresholds=thresholds))
     refused = np.array([not q.gradable for q in verdicts])
     result = gate_error_rates(table, refused)
     result.update(set=str(root), images=int(len(table)), fov_threshold=fov_threshold,

@@ -13,14 +13,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from retinopathy.report_deployment import calibration_lines, external_lines, gate_lines
+from retinopathy.report_deployment import interval_text as _ci
 from retinopathy.results import ARCHS, PRETRAINED, describe, read_json, variant_name
 from retinopathy.utils import atomic_path
 
 METRIC_NAMES = {"accuracy": "accuracy", "kappa": "QWK", "macro_f1": "macro-F1", "referable_auc": "referable AUC"}
-
-
-def _ci(entry: dict[str, float], digits: int = 3) -> str:
-    return f"{entry['value']:.{digits}f} ({entry['low']:.{digits}f}-{entry['high']:.{digits}f})"
 
 
 def _signed(c: dict[str, Any]) -> str:

@@ -13,14 +13,16 @@ from retinopathy.results import describe
 REFERRED = (0.0, 0.1, 0.2)  # the referral table's shares
 
 
-def _ci(entry: dict[str, float] | None, digits: int = 3) -> str:
+def interval_text(entry: dict[str, float] | None, digits: int = 3) -> str:
+    """``value (low-high)``; "undefined" for a metric that could not be computed."""
     if entry is None:
         return "undefined"
     return f"{entry['value']:.{digits}f} ({entry['low']:.{digits}f}-{entry['high']:.{digits}f})"
 
 
 def _grade_cells(m: dict[str, Any]) -> list[str]:
-    return [_ci(m["intervals"]["kappa"]), _ci(m["intervals"]["accuracy"]), _ci(m["referable"]["auc"])]
+    return [interval_text(m["intervals"]["kappa"]), interval_text(m["intervals"]["accuracy"]),
+            interval_text(m["referable"]["auc"])]
 
 
 def _external_table(evals: dict[str, list[dict]]) -> list[str]:
@@ -54,8 +56,8 @@ def _deployed_points_table(evals: dict[str, list[dict]]) -> list[str]:
                 there = external[name]
                 lines.append(
                     f"| {describe(variant)} ({m['seed']}) | {name.replace('_', ' ')} | {point['threshold']:.3f} | "
-                    f"{_ci(point['test_sensitivity'])} / {_ci(point['test_specificity'])} | "
-                    f"{_ci(there['sensitivity'])} / {_ci(there['specificity'])} |")
+                    f"{interval_text(point['test_sensitivity'])} / {interval_text(point['test_specificity'])} | "
+                    f"{interval_text(there['sensitivity'])} / {interval_text(there['specificity'])} |")
     return lines
 
 
@@ -123,9 +125,9 @@ def calibration_lines(evals: dict[str, list[dict]]) -> list[str]:
     ]
     for variant, runs in evals.items():
         for m in runs:
-            cells = [_ci(m["calibration"]["ece"])]
+            cells = [interval_text(m["calibration"]["ece"])]
             if has_external:
-                cells.append(_ci(m["external"]["calibration"]["ece"]))
+                cells.append(interval_text(m["external"]["calibration"]["ece"]))
             lines.append(f"| {describe(variant)} ({m['seed']}) | " + " | ".join(cells) + " |")
     lines += [
         "", "![reliability diagrams](figures/calibration.png)", "",
@@ -163,7 +165,7 @@ def _temperature_lines(evals: dict[str, list[dict]]) -> list[str]:
         cells = []
         for name in sets:
             before, after = t[name]["before"], t[name]["after"]
-            cells += [f"{_ci(before['ece'])} -> {_ci(after['ece'])}",
+            cells += [f"{interval_text(before['ece'])} -> {interval_text(after['ece'])}",
                       f"{before['referable_auc']:.3f} -> {after['referable_auc']:.3f}"]
         lines.append(f"| {describe(variant)} ({m['seed']}) | {t['temperature']:.2f} | " + " | ".join(cells) + " |")
     return lines
@@ -179,11 +181,11 @@ def gate_lines(gate: dict[str, Any] | None, preprocess: dict[str, Any] | None) -
         f"The gate of `retinopathy predict` (docs/quality.md) on the embedded gradability set: {gate['images']} "
         f"photographs, half gradable, half with one defect each ({gate['interval']} intervals). Positive: ungradable.",
         "",
-        f"- sensitivity (ungradable refused): {_ci(sens)} of {sens['images']}",
-        f"- specificity (gradable passed): {_ci(spec)} of {spec['images']}",
+        f"- sensitivity (ungradable refused): {interval_text(sens)} of {sens['images']}",
+        f"- specificity (gradable passed): {interval_text(spec)} of {spec['images']}",
         "",
         "| defect | refused |", "|---|---|",
-        *[f"| {name.replace('_', ' ')} | {_ci(r)} of {r['images']} |" for name, r in
+        *[f"| {name.replace('_', ' ')} | {interval_text(r)} of {r['images']} |" for name, r in
           gate["sensitivity_per_defect"].items()],
     ]
     quality = (preprocess or {}).get("quality")

@@ -28,14 +28,13 @@ the training data, and changing either set's size changes nothing else.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm.auto import tqdm
 
+from retinopathy.embedded import render_all
 from retinopathy.settings import SyntheticSpec
 from retinopathy.synthetic import GRADE_PROPORTIONS, Camera, draw_camera, pair_grades, render_fundus
 from retinopathy.utils import atomic_path
@@ -106,15 +105,10 @@ def write_external_site(root: str | os.PathLike[str], spec: SyntheticSpec, *, wo
         (tmp / "train").mkdir(parents=True)
         jobs = [(spec.seed, i, row.image, int(row.level), spec, str(tmp / "train"))
                 for i, row in enumerate(table.itertuples())]
-        _run(_render_external, jobs, workers, "external site")
+        render_all(_render_external, jobs, workers, "external site")
         table.to_csv(tmp / "trainLabels.csv", index=False)
     return table
 
-
-def _run(fn, jobs: list, workers: int, desc: str) -> None:
-    """``fn`` over ``jobs`` in a process pool, with a progress bar."""
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        list(tqdm(pool.map(fn, jobs, chunksize=8), total=len(jobs), desc=desc, unit="img"))
 
 
 def _defect(image: Image.Image, defect: str, rng: np.random.Generator) -> Image.Image:
@@ -213,7 +207,7 @@ def write_quality_set(root: str | os.PathLike[str], spec: SyntheticSpec, *, work
     with atomic_path(root, replace_dir=True) as tmp:
         tmp.mkdir()
         jobs = [(spec.seed, i, row.image, row.defect, spec, str(tmp)) for i, row in enumerate(table.itertuples())]
-        _run(_render_quality, jobs, workers, "gradability set")
+        render_all(_render_quality, jobs, workers, "gradability set")
         table.to_csv(tmp / "labels.csv", index=False)
     return table
 
