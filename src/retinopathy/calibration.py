@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from retinopathy.metrics import accuracy, quadratic_weighted_kappa, referable, referable_score
+from retinopathy.metrics import accuracy, quadratic_weighted_kappa, referable, referable_score, roc_auc
 
 CALIBRATION_BINS = 15  # the usual choice for ECE (Guo et al. 2017)
 REFERRAL_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)
@@ -134,11 +134,16 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def temperature_scaling_record(val_labels: np.ndarray, val_probs: np.ndarray,
-                               sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], **boot: Any
+                               sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], *,
+                               unscaled_ece: dict[str, dict[str, float]] | None = None, **boot: Any
                                ) -> dict[str, Any]:
     """A temperature fitted on validation only, and for each of ``sets`` (name: labels, p0..p4, patients) the ECE
-    (with its patient-bootstrap interval), QWK and referable AUC before and after scaling by it."""
-    from retinopathy.metrics import roc_auc
+    (with its patient-bootstrap interval), QWK and referable AUC of the argmax grades before and after scaling by it.
+
+    ``unscaled_ece``: by set name, the ECE record already bootstrapped (with the same ``boot``) on the unscaled
+    probabilities and their argmax grades, e.g. the set's :func:`calibration_record` ``ece``; reused as "before"
+    instead of bootstrapping it again. A set not in it is bootstrapped here.
+    """
     from retinopathy.statistics import patient_bootstrap
 
     temperature = fit_temperature(val_labels, val_probs)
@@ -151,8 +156,11 @@ def temperature_scaling_record(val_labels: np.ndarray, val_probs: np.ndarray,
         row = {}
         for when, p in (("before", np.asarray(probs, dtype=float)), ("after", scale_probabilities(probs, temperature))):
             preds = p.argmax(axis=1)
+            ece = (unscaled_ece or {}).get(name) if when == "before" else None
+            if ece is None:
+                ece = patient_bootstrap(expected_calibration_error, [labels, p, preds], patients, **boot).to_dict()
             row[when] = {
-                "ece": patient_bootstrap(expected_calibration_error, [labels, p, preds], patients, **boot).to_dict(),
+                "ece": dict(ece),
                 "kappa": round(quadratic_weighted_kappa(labels, preds), 4),
                 "referable_auc": round(roc_auc(referable(labels), referable_score(p)), 4),
             }

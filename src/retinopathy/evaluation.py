@@ -248,7 +248,8 @@ def evaluate_variant(
         metrics["external"], site = score_external_site(model, meta, decoder, external, metrics["referable"],
                                                         settings, dev, resolved)
         write_csv(external_predictions_out, site.table())
-    metrics["temperature_scaling"] = _temperature_scaling(decoder, settings, val.labels, val_probs, test, probs, site)
+    metrics["temperature_scaling"] = _temperature_scaling(decoder, settings, val.labels, val_probs, test, probs, site,
+                                                          metrics)
     write_csv(predictions_out, _predictions_frame(test, preds, probs))
     metrics["seconds"] = round(time.perf_counter() - started, 1)  # the stage's wall time, model loading included
     write_json(metrics_out, metrics)
@@ -306,17 +307,21 @@ def _test_metrics(
 
 
 def _temperature_scaling(decoder: Decoder, settings: EvalSettings, val_labels: np.ndarray, val_probs: np.ndarray,
-                         test: Split, test_probs: np.ndarray, site: ScoredSet | None) -> dict[str, Any]:
+                         test: Split, test_probs: np.ndarray, site: ScoredSet | None, metrics: dict[str, Any]
+                         ) -> dict[str, Any]:
     """What a temperature fitted on validation would do to test's (and the site's) calibration, QWK and referable
     AUC (:func:`retinopathy.calibration.temperature_scaling_record`); reported, never applied to the grades above.
-    Only for argmax grading of a classification head without the blend, where scaling cannot change a grade."""
+    Only for argmax grading of a classification head without the blend, where scaling cannot change a grade; so the
+    unscaled ECE is the one ``metrics`` (test's, and the site's) already hold."""
     if decoder.head != "classification" or decoder.decode != "argmax" or settings.patient_blend:
         return {"fitted": False, "reason": "only for argmax grading of a classification head, without the blend"}
     sets = {"test": (test.labels, test_probs, np.asarray(test.patients))}
+    unscaled = {"test": metrics["calibration"]["ece"]}
     if site is not None:
         sets["external"] = (site.labels, site.probs, site.patients)
+        unscaled["external"] = metrics["external"]["calibration"]["ece"]
     boot = dict(n_resamples=settings.bootstrap_resamples, confidence=settings.confidence, seed=settings.bootstrap_seed)
-    return {"fitted": True, **temperature_scaling_record(val_labels, val_probs, sets, **boot)}
+    return {"fitted": True, **temperature_scaling_record(val_labels, val_probs, sets, unscaled_ece=unscaled, **boot)}
 
 
 def score_external_site(

@@ -308,11 +308,12 @@ def score_set(model: Any, meta: dict[str, Any], decoder: Any, data: ExternalSet,
             ``skip_bad_images``, which leaves them out and counts them; no photograph left to score.
     """
     kept, raw, failed = score_photographs(model, meta, decoder.head, data.frame["path"], device, precision, batch_size)
+    note = f" ({hint})" if hint else ""
     if failed and not skip_bad_images:
-        raise ExternalSetError(f"{len(failed)} photograph(s) under {data.root} could not be cropped"
-                               f"{f' ({hint})' if hint else ''}:\n  " + "\n  ".join(failed))
+        raise ExternalSetError(f"{len(failed)} photograph(s) under {data.root} could not be cropped{note}:\n  "
+                               + "\n  ".join(failed))
     if not kept:
-        raise ExternalSetError(f"no photograph under {data.root} could be scored{f' ({hint})' if hint else ''}")
+        raise ExternalSetError(f"no photograph under {data.root} could be scored{note}")
     graded = data.frame.iloc[kept].reset_index(drop=True)
     patients = graded["patient"].to_numpy()
     record = {"source": data.source, "root": str(data.root), "images": int(len(graded)),

@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from retinopathy.images import open_rgb
-from retinopathy.quality import QualityThresholds, assess
+from retinopathy.quality import GATE_DRAFT_SIDE, QualityThresholds, assess
 from retinopathy.statistics import proportion_interval
 from retinopathy.utils import write_csv, write_json
 
@@ -84,7 +84,8 @@ def evaluate_gate(root: str | os.PathLike[str], *, thresholds: QualityThresholds
     verdicts = []
     for path in tqdm(table["path"], desc="quality gate", unit="img", dynamic_ncols=True):
         # Decoded as `retinopathy predict` decodes a photograph before its gate judges it.
-        verdicts.append(assess(open_rgb(path)[0], fov_threshold=fov_threshold, thresholds=thresholds))
+        image, _ = open_rgb(path, draft_side=GATE_DRAFT_SIDE)
+        verdicts.append(assess(image, fov_threshold=fov_threshold, thresholds=thresholds))
     refused = np.array([not q.gradable for q in verdicts])
     result = gate_error_rates(table, refused)
     result.update(set=str(root), images=int(len(table)), fov_threshold=fov_threshold,

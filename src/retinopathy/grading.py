@@ -38,7 +38,7 @@ from retinopathy.inference import (
     training_data_warning,
 )
 from retinopathy.preprocessing import Cropped, CropSettings, failure_reason, image_failure
-from retinopathy.quality import ANALYSIS_DIAMETER, Quality, QualityThresholds, assess
+from retinopathy.quality import GATE_DRAFT_SIDE, Quality, QualityThresholds, assess
 from retinopathy.utils import OutputPathError, atomic_path, check_outputs_apart, select_device, write_csv
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
@@ -391,7 +391,7 @@ class _Gate:
         Raises:
             FileNotFoundError, ValueError: the photograph cannot be read (:func:`retinopathy.images.open_rgb`).
         """
-        image, _ = open_rgb(path, draft_side=2 * ANALYSIS_DIAMETER)
+        image, _ = open_rgb(path, draft_side=GATE_DRAFT_SIDE)
         return assess(image, fov_threshold=self.fov_threshold, thresholds=self.thresholds)
 
     def refuses(self, quality: Quality) -> bool:

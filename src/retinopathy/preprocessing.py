@@ -180,9 +180,8 @@ def process_image(src: Path, dst: Path, settings: CropSettings, gate: Gate | Non
         raise OSError(f"cannot write the processed image {dst}: {exc}") from exc
     flat = np.asarray(image).reshape(-1, 3).astype(np.float64)
     sums = np.stack([flat.sum(axis=0), (flat**2).sum(axis=0)])
-    if verdict is None:
-        return Processed(None, None, sums, flat.shape[0])
-    return Processed(None, None, sums, flat.shape[0], bool(verdict.gradable), tuple(verdict.reasons))
+    gradable, reasons = (None, ()) if verdict is None else (bool(verdict.gradable), tuple(verdict.reasons))
+    return Processed(None, None, sums, flat.shape[0], gradable, reasons)
 
 
 def failure_reason(exc: Exception) -> str:
@@ -534,8 +533,7 @@ def quality_report(
     reasons. Images that could not be processed are not judged; without a gate, ``{"assessed": False}``."""
     if gate is None:
         return {"assessed": False}
-    counts = {verdict: dict.fromkeys(dict.fromkeys(split for split, _, _ in rows), 0)
-              for verdict in ("gradable", "ungradable")}
+    counts = {verdict: dict.fromkeys((split for split, _, _ in rows), 0) for verdict in ("gradable", "ungradable")}
     kinds: dict[str, int] = {}
     listed = []
     for (split, name, _), out in zip(rows, outcomes):

@@ -35,6 +35,9 @@ from retinopathy.settings import QualityThresholds  # the params' ``quality`` se
 # Measurements are taken with the field of view resampled to this diameter (pixels): focus is then
 # measured at one scale whatever the camera's resolution; 256 px keeps the main vessels 2-5 px wide.
 ANALYSIS_DIAMETER = 256
+# A JPEG is decoded for the gate at the smallest scale whose shorter side is at least this (`images.open_rgb`'s
+# draft_side): a large camera photograph need not be decoded whole to be resampled to the analysis diameter.
+GATE_DRAFT_SIDE = 2 * ANALYSIS_DIAMETER
 # A smaller field of view is enlarged to it at most this many times (a 64-px photograph's is, 4 times).
 MAX_UPSCALE = 4.0
 # The band-pass of the focus measure: Gaussian blurs of these sigmas (pixels at ANALYSIS_DIAMETER)
@@ -147,7 +150,7 @@ def measure(image: Image.Image, fov: FieldOfView, thresholds: QualityThresholds)
     usable = ~dark & ~bright
     n_usable = int(np.count_nonzero(usable))
     # Colour from the usable pixels only: clipping (washed out) and noise (too dark) shift it.
-    totals = np.array([float(channel[usable].sum()) for channel in (red, green, blue)]) if n_usable else np.zeros(3)
+    totals = np.array([float(channel[usable].sum()) for channel in (red, green, blue)])
     retina_coloured = usable & (green < RETINA_GREEN_OVER_RED * red) & (blue < RETINA_BLUE_OVER_RED * red)
     channel_sum = float(totals.sum()) or 1.0
     n_inner = max(red.size, 1)

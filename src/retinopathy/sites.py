@@ -110,7 +110,6 @@ def write_external_site(root: str | os.PathLike[str], spec: SyntheticSpec, *, wo
     return table
 
 
-
 def _defect(image: Image.Image, defect: str, rng: np.random.Generator) -> Image.Image:
     """``image`` (a gradable photograph) made ungradable by ``defect`` (one of :data:`DEFECTS` but not_fundus)."""
     arr = np.asarray(image, dtype=np.float32)
